@@ -18,6 +18,12 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 @dataclass
 class _Step:
     kind: str  # "write" (temp -> dst) or "move" (src -> dst)
@@ -80,6 +86,9 @@ class AtomicChanges:
                 out.write(step.data or b"")
             out.flush()
             os.fsync(out.fileno())
+        # mkstemp makes owner-only files; give the file the mode it replaces, or the usual default.
+        mode = step.dst.stat().st_mode & 0o7777 if step.dst.exists() else 0o666 & ~_umask()
+        os.chmod(step.temp, mode)
 
     def _apply(self, step: _Step) -> None:
         self._make_dirs(step.dst.parent)

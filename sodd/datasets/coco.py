@@ -84,8 +84,11 @@ def load_dataset(root: Path, splits: tuple[str, ...] = SPLITS, check_images: boo
     return Dataset(root, data, _category_warnings(data))
 
 
-def validate_coco(coco: Any, shown: str, root: Path | None) -> None:
-    """Raise `CheckFailedError` on the first broken rule; `root` enables the image file check."""
+def validate_coco(coco: Any, shown: str, root: Path | None, allow_empty: bool = False) -> None:
+    """Raise `CheckFailedError` on the first broken rule; `root` enables the image file check.
+
+    `allow_empty` accepts a file without images (a split about to be refilled).
+    """
     if not isinstance(coco, dict):
         raise CheckFailedError(f"{shown}: the top level must be a JSON object, not {type(coco).__name__}")
     for key in ("images", "annotations", "categories"):
@@ -94,7 +97,7 @@ def validate_coco(coco: Any, shown: str, root: Path | None) -> None:
 
     categories = _validate_categories(coco["categories"], shown)
     images = _validate_images(coco["images"], shown)
-    if not images:
+    if not images and not allow_empty:
         raise CheckFailedError(f"{shown}: the split is empty (no images)")
     if root is not None:
         _check_image_files(coco["images"], shown, root)
