@@ -1,0 +1,147 @@
+"""`sodd-client`: call a sodd daemon from the command line.
+
+    sodd-client --server HOST:PORT detect INPUT... [--model NAME] [--threshold 0.4 | 0:0.5,3:0.3]
+                [--batch-size N] [--print] [--save-json DIR|FILE] [--save-img DIR]
+    sodd-client --server HOST:PORT models [--json]
+
+INPUT is an image file, a directory of images, or an http(s) URL that this client fetches (the
+daemon never fetches URLs). Errors print the gRPC status and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from PIL import Image
+
+from sodd_client.client import Client, Threshold
+from sodd_client.results import result_dict, result_text, save_image, save_json
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+URL_FETCH_LIMIT = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Input:
+    path: str  # as the user gave it (PaddleX writes it into input_path)
+    data: bytes
+
+
+def parse_threshold(text: str | None) -> Threshold:
+    """`0.4` for every class, or `0:0.5,3:0.3` per class id."""
+    if text is None:
+        return None
+    if ":" not in text:
+        return float(text)
+    out = {}
+    for part in text.split(","):
+        cls_id, sep, value = part.partition(":")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"--threshold part {part!r} is not CLASS_ID:VALUE")
+        out[int(cls_id)] = float(value)
+    return out
+
+
+def expand_inputs(items: list[str]) -> list[Input]:
+    inputs = []
+    for item in items:
+        if item.startswith(("http://", "https://")):
+            with urllib.request.urlopen(item, timeout=60) as r:  # noqa: S310 - the user asked for this URL
+                inputs.append(Input(item, r.read(URL_FETCH_LIMIT)))
+            continue
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            inputs.extend(Input(str(p), p.read_bytes()) for p in files)
+        elif path.is_file():
+            inputs.append(Input(item, path.read_bytes()))
+        else:
+            raise FileNotFoundError(f"input {item} is neither a file, a directory nor an http(s) URL")
+    return inputs
+
+
+def cmd_detect(client: Client, args: argparse.Namespace) -> int:
+    inputs = expand_inputs(args.inputs)
+    threshold = parse_threshold(args.threshold)
+    for start in range(0, len(inputs), args.batch_size):
+        chunk = inputs[start:start + args.batch_size]
+        if len(chunk) == 1:
+            responses = [client.detect(chunk[0].data, args.model, threshold=threshold)]
+        else:
+            responses = list(client.detect_batch([i.data for i in chunk], args.model, threshold=threshold).results)
+        for item, response in zip(chunk, responses, strict=True):
+            result = result_dict(response, item.path)
+            if args.print:
+                print(result_text(result))
+            if args.save_json:
+                save_json(result, Path(args.save_json))
+            if args.save_img:
+                save_image(Image.open(io.BytesIO(item.data)), result, Path(args.save_img))
+            if not (args.print or args.save_json or args.save_img):
+                print(f"{item.path}: {len(response.boxes)} boxes ({response.model} v{response.version} "
+                      f"on {response.device})")
+    return 0
+
+
+def cmd_models(client: Client, args: argparse.Namespace) -> int:
+    models = client.list_models()
+    rows = [
+        {"name": m.name, "version": m.version, "directory": m.directory, "model_name": m.model_name,
+         "labels": list(m.labels), "device": m.device, "default": m.is_default}
+        for m in models
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    for r in rows:
+        mark = " (default)" if r["default"] else ""
+        print(f"{r['name']}{mark}  v{r['version']}  {r['model_name']}  on {r['device']}  {r['directory']}")
+        print(f"    labels: {', '.join(r['labels'])}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sodd-client", description="Call a sodd daemon.")
+    parser.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT of the daemon")
+    parser.add_argument("--timeout", type=float, default=60.0, help="per-call deadline in seconds")
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("detect", help="detect objects in images")
+    d.add_argument("inputs", nargs="+", metavar="INPUT")
+    d.add_argument("--model", default="", help="model name (default: the daemon's default model)")
+    d.add_argument("--threshold", help="0.4, or per class id: 0:0.5,3:0.3")
+    d.add_argument("--batch-size", type=int, default=1, help="images per call (PaddleX's batch_size)")
+    d.add_argument("--print", action="store_true", help="print results as PaddleX does")
+    d.add_argument("--save-json", metavar="DIR|FILE", help="write <stem>_res.json files (PaddleX layout)")
+    d.add_argument("--save-img", metavar="DIR", help="write <stem>_res.<ext> drawings")
+    d.set_defaults(func=cmd_detect)
+    m = sub.add_parser("models", help="list the served models")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "batch_size", 1) < 1:
+        print("sodd-client: --batch-size must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        with Client(args.server, timeout=args.timeout) as client:
+            return args.func(client, args)
+    except grpc.RpcError as exc:
+        print(f"sodd-client: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, argparse.ArgumentTypeError) as exc:
+        print(f"sodd-client: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""The Detector gRPC service: validate, pick the model, resolve thresholds, run, answer.
+
+Errors below this layer are `SoddError`s carrying their status code; this is the one place that
+turns them into gRPC statuses, and the one place that catches the unexpected so a bad request or a
+failing backend never takes the daemon down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import grpc
+import numpy as np
+
+from sodd import pipeline
+from sodd.config import ServeConfig
+from sodd.errors import InvalidArgument, SoddError
+from sodd.model.decode import decode_encoded, decode_raw
+from sodd.model.postprocess import Box, Threshold, resolve_threshold
+from sodd.registry import ModelRegistry, ServedModel
+from sodd.v1 import detector_pb2 as pb
+from sodd.v1 import detector_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def request_threshold(request: pb.DetectRequest | pb.DetectBatchRequest, labels: tuple[str, ...]) -> Threshold | None:
+    kind = request.WhichOneof("threshold_spec")
+    if kind == "threshold":
+        value = request.threshold
+        if math.isnan(value) or not 0 <= value <= 1:
+            raise InvalidArgument(f"threshold must be a number in [0, 1], got {value}")
+        return float(value)
+    if kind == "class_thresholds":
+        out: dict[int, float] = {}
+        for cls_id, value in request.class_thresholds.thresholds.items():
+            if not 0 <= cls_id < len(labels):
+                raise InvalidArgument(
+                    f"class_thresholds: class id {cls_id} is outside the model's {len(labels)} labels (0..{len(labels) - 1})"
+                )
+            if math.isnan(value) or not 0 <= value <= 1:
+                raise InvalidArgument(f"class_thresholds[{cls_id}] must be in [0, 1], got {value}")
+            out[cls_id] = float(value)
+        return out
+    return None
+
+
+def decode_image(image: pb.Image, max_pixels: int, field: str) -> np.ndarray:
+    kind = image.WhichOneof("source")
+    if kind == "encoded":
+        return decode_encoded(image.encoded, max_pixels, f"{field}.encoded")
+    if kind == "raw":
+        raw = image.raw
+        return decode_raw(raw.height, raw.width, raw.channels, raw.data, max_pixels, f"{field}.raw")
+    raise InvalidArgument(f"{field} is missing: set {field}.encoded or {field}.raw")
+
+
+def box_message(box: Box) -> pb.Box:
+    return pb.Box(cls_id=box.cls_id, label=box.label, score=box.score,
+                  xmin=box.xmin, ymin=box.ymin, xmax=box.xmax, ymax=box.ymax)
+
+
+def model_info(served: ServedModel, is_default: bool, threshold: float) -> pb.ModelInfo:
+    size = served.model_dir.input_size or (0, 0)
+    return pb.ModelInfo(
+        name=served.name, version=served.version, directory=str(served.model_dir.path),
+        model_name=served.model_dir.model_name, labels=list(served.model_dir.label_list),
+        input_height=size[0], input_width=size[1], device=served.device,
+        state=pb.MODEL_STATE_READY, state_reason=served.notes, is_default=is_default,
+        max_batch_size=served.config.max_batch_size, default_threshold=threshold,
+        program_format=served.model_dir.program_format,
+    )
+
+
+class DetectorService(pb_grpc.DetectorServicer):
+    def __init__(self, config: ServeConfig, registry: ModelRegistry) -> None:
+        self._config = config
+        self._registry = registry
+        self._workers = ThreadPoolExecutor(config.preprocess_workers, thread_name_prefix="prep")
+
+    async def _in_worker(self, fn: Callable[..., T], *args: object) -> tuple[T, float]:
+        started = time.perf_counter()
+        result = await asyncio.get_running_loop().run_in_executor(self._workers, fn, *args)
+        return result, time.perf_counter() - started
+
+    async def _detect_images(self, served: ServedModel, images: Sequence[pb.Image], fields: Sequence[str],
+                             threshold: Threshold, max_detections: int, request_id: str) -> list[pb.DetectResponse]:
+        decoded, decode_s = await self._in_worker(
+            lambda: [decode_image(img, self._config.max_pixels, f) for img, f in zip(images, fields, strict=True)])
+        model_dir = served.model_dir
+        prepared, preprocess_s = await self._in_worker(pipeline.prepare_images, model_dir, decoded)
+        responses: list[pb.DetectResponse] = [pb.DetectResponse()] * len(prepared)
+        for run in pipeline.same_shape_runs(prepared, served.config.max_batch_size):
+            chunk = [prepared[i] for i in run]
+            inputs = pipeline.network_inputs(chunk, served.runner.predictor.input_names)
+            result = await served.runner.run(inputs)
+            post_start = time.perf_counter()
+            boxes = pipeline.boxes_per_image(result.outputs, chunk, model_dir, threshold, max_detections)
+            post_s = time.perf_counter() - post_start
+            for i, image_boxes in zip(run, boxes, strict=True):
+                responses[i] = pb.DetectResponse(
+                    request_id=request_id, boxes=[box_message(b) for b in image_boxes],
+                    image_width=chunk[i - run.start].original_hw[1], image_height=chunk[i - run.start].original_hw[0],
+                    model=served.name, version=served.version, device=served.device,
+                    timings=pb.StageTimings(
+                        decode_seconds=decode_s, preprocess_seconds=preprocess_s,
+                        queue_seconds=result.queue_seconds, inference_seconds=result.inference_seconds,
+                        postprocess_seconds=post_s,
+                    ),
+                )
+        return responses
+
+    def _resolve(self, served: ServedModel, request: pb.DetectRequest | pb.DetectBatchRequest) -> Threshold:
+        return resolve_threshold(request_threshold(request, served.model_dir.label_list),
+                                 served.config.threshold, served.model_dir.draw_threshold)
+
+    async def _guard(self, context: grpc.aio.ServicerContext, work: Awaitable[T], what: str, request_id: str) -> T:
+        try:
+            return await work
+        except SoddError as exc:
+            log.warning("%s request_id=%s code=%s: %s", what, request_id, exc.code.name, exc.message)
+            await context.abort(exc.code, exc.message)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failing backend must not take the daemon down
+            log.exception("%s request_id=%s failed", what, request_id)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{what} failed: {type(exc).__name__}: {exc}")
+        raise AssertionError("unreachable")
+
+    async def Detect(self, request: pb.DetectRequest, context: grpc.aio.ServicerContext) -> pb.DetectResponse:
+        request_id = request.request_id or uuid.uuid4().hex
+
+        async def work() -> pb.DetectResponse:
+            served = self._registry.get(request.model, request.version)
+            threshold = self._resolve(served, request)
+            (response,) = await self._detect_images(served, [request.image], ["image"], threshold,
+                                                    request.max_detections, request_id)
+            return response
+
+        return await self._guard(context, work(), "Detect", request_id)
+
+    async def DetectBatch(self, request: pb.DetectBatchRequest,
+                          context: grpc.aio.ServicerContext) -> pb.DetectBatchResponse:
+        request_id = request.request_id or uuid.uuid4().hex
+
+        async def work() -> pb.DetectBatchResponse:
+            served = self._registry.get(request.model, request.version)
+            threshold = self._resolve(served, request)
+            if not request.images:
+                raise InvalidArgument("images is empty: send at least one image")
+            fields = [f"images[{i}]" for i in range(len(request.images))]
+            results = await self._detect_images(served, request.images, fields, threshold,
+                                                request.max_detections, request_id)
+            return pb.DetectBatchResponse(request_id=request_id, results=results)
+
+        return await self._guard(context, work(), "DetectBatch", request_id)
+
+    def _info(self, served: ServedModel) -> pb.ModelInfo:
+        threshold = resolve_threshold(None, served.config.threshold, served.model_dir.draw_threshold)
+        return model_info(served, served.name == self._registry.default_name, float(threshold))
+
+    async def ListModels(self, request: pb.ListModelsRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(models=[self._info(m) for m in self._registry.models()])
+
+    async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
+        async def work() -> pb.ModelInfo:
+            return self._info(self._registry.get(request.name, request.version))
+
+        return await self._guard(context, work(), "GetModel", "")
+
+    def close(self) -> None:
+        self._workers.shutdown(wait=True)

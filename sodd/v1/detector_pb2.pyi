@@ -1,0 +1,204 @@
+from collections.abc import Iterable as _Iterable
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar
+
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ModelState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODEL_STATE_UNSPECIFIED: _ClassVar[ModelState]
+    MODEL_STATE_LOADING: _ClassVar[ModelState]
+    MODEL_STATE_READY: _ClassVar[ModelState]
+    MODEL_STATE_FAILED: _ClassVar[ModelState]
+    MODEL_STATE_DRAINING: _ClassVar[ModelState]
+    MODEL_STATE_UNLOADED: _ClassVar[ModelState]
+MODEL_STATE_UNSPECIFIED: ModelState
+MODEL_STATE_LOADING: ModelState
+MODEL_STATE_READY: ModelState
+MODEL_STATE_FAILED: ModelState
+MODEL_STATE_DRAINING: ModelState
+MODEL_STATE_UNLOADED: ModelState
+
+class RawImage(_message.Message):
+    __slots__ = ("height", "width", "channels", "data")
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    height: int
+    width: int
+    channels: int
+    data: bytes
+    def __init__(self, height: int | None = ..., width: int | None = ..., channels: int | None = ..., data: bytes | None = ...) -> None: ...
+
+class Image(_message.Message):
+    __slots__ = ("encoded", "raw")
+    ENCODED_FIELD_NUMBER: _ClassVar[int]
+    RAW_FIELD_NUMBER: _ClassVar[int]
+    encoded: bytes
+    raw: RawImage
+    def __init__(self, encoded: bytes | None = ..., raw: RawImage | _Mapping | None = ...) -> None: ...
+
+class ClassThresholds(_message.Message):
+    __slots__ = ("thresholds",)
+    class ThresholdsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: float
+        def __init__(self, key: int | None = ..., value: float | None = ...) -> None: ...
+    THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
+    thresholds: _containers.ScalarMap[int, float]
+    def __init__(self, thresholds: _Mapping[int, float] | None = ...) -> None: ...
+
+class DetectRequest(_message.Message):
+    __slots__ = ("image", "model", "version", "threshold", "class_thresholds", "max_detections", "request_id")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    CLASS_THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DETECTIONS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    image: Image
+    model: str
+    version: int
+    threshold: float
+    class_thresholds: ClassThresholds
+    max_detections: int
+    request_id: str
+    def __init__(self, image: Image | _Mapping | None = ..., model: str | None = ..., version: int | None = ..., threshold: float | None = ..., class_thresholds: ClassThresholds | _Mapping | None = ..., max_detections: int | None = ..., request_id: str | None = ...) -> None: ...
+
+class Box(_message.Message):
+    __slots__ = ("cls_id", "label", "score", "xmin", "ymin", "xmax", "ymax")
+    CLS_ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    XMIN_FIELD_NUMBER: _ClassVar[int]
+    YMIN_FIELD_NUMBER: _ClassVar[int]
+    XMAX_FIELD_NUMBER: _ClassVar[int]
+    YMAX_FIELD_NUMBER: _ClassVar[int]
+    cls_id: int
+    label: str
+    score: float
+    xmin: float
+    ymin: float
+    xmax: float
+    ymax: float
+    def __init__(self, cls_id: int | None = ..., label: str | None = ..., score: float | None = ..., xmin: float | None = ..., ymin: float | None = ..., xmax: float | None = ..., ymax: float | None = ...) -> None: ...
+
+class StageTimings(_message.Message):
+    __slots__ = ("decode_seconds", "preprocess_seconds", "inference_seconds", "postprocess_seconds", "queue_seconds")
+    DECODE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PREPROCESS_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    POSTPROCESS_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    decode_seconds: float
+    preprocess_seconds: float
+    inference_seconds: float
+    postprocess_seconds: float
+    queue_seconds: float
+    def __init__(self, decode_seconds: float | None = ..., preprocess_seconds: float | None = ..., inference_seconds: float | None = ..., postprocess_seconds: float | None = ..., queue_seconds: float | None = ...) -> None: ...
+
+class DetectResponse(_message.Message):
+    __slots__ = ("request_id", "boxes", "image_width", "image_height", "model", "version", "device", "timings")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    BOXES_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    boxes: _containers.RepeatedCompositeFieldContainer[Box]
+    image_width: int
+    image_height: int
+    model: str
+    version: int
+    device: str
+    timings: StageTimings
+    def __init__(self, request_id: str | None = ..., boxes: _Iterable[Box | _Mapping] | None = ..., image_width: int | None = ..., image_height: int | None = ..., model: str | None = ..., version: int | None = ..., device: str | None = ..., timings: StageTimings | _Mapping | None = ...) -> None: ...
+
+class DetectBatchRequest(_message.Message):
+    __slots__ = ("images", "model", "version", "threshold", "class_thresholds", "max_detections", "request_id")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    CLASS_THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DETECTIONS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedCompositeFieldContainer[Image]
+    model: str
+    version: int
+    threshold: float
+    class_thresholds: ClassThresholds
+    max_detections: int
+    request_id: str
+    def __init__(self, images: _Iterable[Image | _Mapping] | None = ..., model: str | None = ..., version: int | None = ..., threshold: float | None = ..., class_thresholds: ClassThresholds | _Mapping | None = ..., max_detections: int | None = ..., request_id: str | None = ...) -> None: ...
+
+class DetectBatchResponse(_message.Message):
+    __slots__ = ("request_id", "results")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    results: _containers.RepeatedCompositeFieldContainer[DetectResponse]
+    def __init__(self, request_id: str | None = ..., results: _Iterable[DetectResponse | _Mapping] | None = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, models: _Iterable[ModelInfo | _Mapping] | None = ...) -> None: ...
+
+class GetModelRequest(_message.Message):
+    __slots__ = ("name", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    def __init__(self, name: str | None = ..., version: int | None = ...) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "version", "directory", "model_name", "labels", "input_height", "input_width", "device", "state", "state_reason", "is_default", "max_batch_size", "default_threshold", "program_format")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DIRECTORY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    INPUT_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STATE_REASON_FIELD_NUMBER: _ClassVar[int]
+    IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    PROGRAM_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    directory: str
+    model_name: str
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    input_height: int
+    input_width: int
+    device: str
+    state: ModelState
+    state_reason: str
+    is_default: bool
+    max_batch_size: int
+    default_threshold: float
+    program_format: str
+    def __init__(self, name: str | None = ..., version: int | None = ..., directory: str | None = ..., model_name: str | None = ..., labels: _Iterable[str] | None = ..., input_height: int | None = ..., input_width: int | None = ..., device: str | None = ..., state: ModelState | str | None = ..., state_reason: str | None = ..., is_default: bool | None = ..., max_batch_size: int | None = ..., default_threshold: float | None = ..., program_format: str | None = ...) -> None: ...
