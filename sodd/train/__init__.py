@@ -1,0 +1,1 @@
+"""Training PP-YOLOE+ SOD models on COCO datasets in PaddleX's layout."""
