@@ -20,9 +20,7 @@ HISTOGRAM = f"{CHECK_DIR}/histogram.png"
 SAMPLE_NUM = 10  # images drawn per split, as PaddleX does
 
 
-def check_dataset(
-    root: Path, output: Path, sample_num: int = SAMPLE_NUM
-) -> tuple[dict[str, Any], Dataset | None]:
+def check_dataset(root: Path, output: Path, sample_num: int = SAMPLE_NUM) -> tuple[dict[str, Any], Dataset | None]:
     """Check `root` and write the result under `output`; returns the result and, on success, the data.
 
     A broken dataset is not an exception here: it is a result with `check_pass: false`.

@@ -65,9 +65,7 @@ def read_json(path: Path, root: Path) -> Any:
     except UnicodeDecodeError as exc:
         raise CheckFailedError(f"{shown} is not UTF-8 text: {exc}") from exc
     except json.JSONDecodeError as exc:
-        raise CheckFailedError(
-            f"{shown} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from exc
+        raise CheckFailedError(f"{shown} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
 
 
 def load_dataset(root: Path, splits: tuple[str, ...] = SPLITS, check_images: bool = True) -> Dataset:
@@ -140,8 +138,7 @@ def _check_image_files(entries: list[dict[str, Any]], shown: str, root: Path) ->
         path = relative(image_path(root, img["file_name"]), root)
         more = f" ({len(missing) - 1} more image files are missing)" if len(missing) > 1 else ""
         raise DatasetFileNotFoundError(
-            f"{path} does not exist: it is {shown}: images[{i}] (id {img['id']}, "
-            f"file_name '{img['file_name']}'){more}"
+            f"{path} does not exist: it is {shown}: images[{i}] (id {img['id']}, file_name '{img['file_name']}'){more}"
         )
 
 
@@ -163,8 +160,7 @@ def _validate_annotations(
         where += f" on image {img['id']} '{img['file_name']}'"
         if ann.get("category_id") not in categories:
             raise CheckFailedError(
-                f"{where}: category_id {ann.get('category_id')!r} does not exist "
-                f"(categories: {sorted(categories)})"
+                f"{where}: category_id {ann.get('category_id')!r} does not exist (categories: {sorted(categories)})"
             )
         bbox = ann.get("bbox")
         if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
@@ -176,8 +172,7 @@ def _validate_annotations(
         tol = _EDGE_TOLERANCE
         if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
             raise CheckFailedError(
-                f"{where}: bbox {bbox} (x2 {x + w:g}, y2 {y + h:g}) lies outside the image "
-                f"{width:g}x{height:g}"
+                f"{where}: bbox {bbox} (x2 {x + w:g}, y2 {y + h:g}) lies outside the image {width:g}x{height:g}"
             )
 
 
@@ -191,9 +186,7 @@ def _category_warnings(splits: dict[str, SplitData]) -> list[str]:
         for cat_id in sorted(set(first.categories) | set(other.categories)):
             a, b = first.categories.get(cat_id), other.categories.get(cat_id)
             if a != b:
-                warnings.append(
-                    f"category {cat_id} is {a!r} in {first.path.name} but {b!r} in {other.path.name}"
-                )
+                warnings.append(f"category {cat_id} is {a!r} in {first.path.name} but {b!r} in {other.path.name}")
     return warnings
 
 

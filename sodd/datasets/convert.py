@@ -130,9 +130,7 @@ def _read_list(root: Path, name: str, required: bool) -> list[tuple[str, str]] |
             continue
         label_file = fields[-1]
         if not (root / label_file).is_file():
-            raise ConvertFailedError(
-                f"{name} line {line_no}: {relative(root / label_file, root)} does not exist"
-            )
+            raise ConvertFailedError(f"{name} line {line_no}: {relative(root / label_file, root)} does not exist")
         entries.append((line.strip(), label_file))
     return entries
 

@@ -25,9 +25,7 @@ def split_dataset(
 ) -> Conversion:
     root = Path(root)
     if train_percent <= 0 or val_percent <= 0:
-        raise SplitFailedError(
-            f"train ({train_percent}) and val ({val_percent}) percentages must both be > 0"
-        )
+        raise SplitFailedError(f"train ({train_percent}) and val ({val_percent}) percentages must both be above 0")
     if abs(train_percent + val_percent - 100) > 1e-9:
         raise SplitFailedError(f"train ({train_percent}) + val ({val_percent}) must equal 100")
 
@@ -46,9 +44,7 @@ def split_dataset(
         items, offset = _with_unique_ids(coco, offset)
         images.extend(items)
     if not found:
-        raise SplitFailedError(
-            f"neither {relative(annotation_path(root, 'train'), root)} nor instance_val.json exists"
-        )
+        raise SplitFailedError(f"neither {relative(annotation_path(root, 'train'), root)} nor instance_val.json exists")
 
     random.Random(seed).shuffle(images)  # seed None: a fresh shuffle each run, as PaddleX does
     n_train = round(len(images) * train_percent / 100)

@@ -49,9 +49,7 @@ def plan_visdrone(
     for name, pairs in split_pairs.items():
         if not pairs:
             hint = "" if val_dir is not None else " (pass a separate val folder, or more images)"
-            raise ConvertFailedError(
-                f"the {name} split would be empty: {len(train_pairs)} image(s) in {root}{hint}"
-            )
+            raise ConvertFailedError(f"the {name} split would be empty: {len(train_pairs)} image(s) in {root}{hint}")
 
     changes = AtomicChanges()
     placed: dict[str, Path] = {}  # file name under images/ -> source image
@@ -69,9 +67,7 @@ def plan_visdrone(
             with Image.open(image_file) as img:
                 width, height = img.size
             image_id = image_ids.get(image_file.name)
-            coco["images"].append(
-                {"id": image_id, "file_name": image_file.name, "width": width, "height": height}
-            )
+            coco["images"].append({"id": image_id, "file_name": image_file.name, "width": width, "height": height})
             for category_id, bbox in _objects(txt_file, width, height, counts, name):
                 coco["annotations"].append(
                     {
@@ -115,8 +111,7 @@ def _place_image(image_file: Path, dst: Path, placed: dict[str, Path], changes: 
     if image_file.name in placed:
         if placed[image_file.name].resolve() != image_file.resolve():
             raise ConvertFailedError(
-                f"two different images share the name {image_file.name}: "
-                f"{placed[image_file.name]} and {image_file}"
+                f"two different images share the name {image_file.name}: {placed[image_file.name]} and {image_file}"
             )
         return
     placed[image_file.name] = image_file

@@ -46,9 +46,7 @@ def read_voc(xml_file: Path, root: Path, notes: list[str]) -> tuple[dict[str, An
         try:
             xmin, ymin, xmax, ymax = (float(box.findtext(k) or "") for k in ("xmin", "ymin", "xmax", "ymax"))
         except ValueError as exc:
-            raise ConvertFailedError(
-                f"{shown}: object {i} ('{label}') has a missing or bad coordinate"
-            ) from exc
+            raise ConvertFailedError(f"{shown}: object {i} ('{label}') has a missing or bad coordinate") from exc
         xmin, xmax = sorted((xmin, xmax))
         ymin, ymax = sorted((ymin, ymax))
         objects.append((label, [xmin, ymin, xmax - xmin, ymax - ymin]))
