@@ -1,0 +1,50 @@
+"""Running a model directory in-process, without the daemon (evaluation, benchmarks, scripts).
+
+The same registry, plugin and pipeline as the daemon, so local numbers are the daemon's numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from sodd import pipeline
+from sodd.config import ModelConfig
+from sodd.devices import parse_devices
+from sodd.model.postprocess import Box, Threshold, resolve_threshold
+from sodd.plugin import discover_plugins
+from sodd.registry import ModelRegistry
+
+
+class LocalDetector:
+    def __init__(self, model_dir: str | Path, device: str = "cpu", threads: int | None = None,
+                 max_batch_size: int = 8) -> None:
+        plugins, _problems = discover_plugins()
+        self._registry = ModelRegistry(plugins, max_pending=1, cpu_threads=threads)
+        self.served = self._registry.load(ModelConfig(
+            name="local", path=Path(model_dir), devices=parse_devices(device), max_batch_size=max_batch_size))
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.served.model_dir.label_list
+
+    def detect_batch(self, images_bgr: Sequence[np.ndarray], threshold: Threshold | None = None,
+                     max_detections: int = 0) -> list[list[Box]]:
+        model_dir = self.served.model_dir
+        resolved = resolve_threshold(threshold, None, model_dir.draw_threshold)
+        prepared = pipeline.prepare_images(model_dir, images_bgr)
+        results: list[list[Box]] = []
+        for run in pipeline.same_shape_runs(prepared, self.served.config.max_batch_size):
+            chunk = [prepared[i] for i in run]
+            outputs = self.served.runner.run_sync(
+                pipeline.network_inputs(chunk, self.served.runner.predictor.input_names)).outputs
+            results.extend(pipeline.boxes_per_image(outputs, chunk, model_dir, resolved, max_detections))
+        return results
+
+    def detect(self, image_bgr: np.ndarray, threshold: Threshold | None = None, max_detections: int = 0) -> list[Box]:
+        return self.detect_batch([image_bgr], threshold, max_detections)[0]
+
+    def close(self) -> None:
+        self._registry.close()

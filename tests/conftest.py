@@ -1,0 +1,148 @@
+"""Shared fixtures: real material from ../shared/data, exported test models, a real daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from sodd.export.paddlex_dir import ExportSpec, export_paddlex_dir
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+VISDRONE_IMAGE = SHARED_DATA / "visdrone" / "0000315_01601_d_0000509.jpg"
+PICODET_DIR = SHARED_DATA / "models" / "PicoDet-XS-416-coco"
+
+
+def shared_file(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is absent: the real test material lives in ../shared/data beside the repository")
+    return path
+
+
+@pytest.fixture(scope="session")
+def visdrone_image() -> Path:
+    return shared_file(VISDRONE_IMAGE)
+
+
+@pytest.fixture(scope="session")
+def picodet_dir() -> Path:
+    return shared_file(PICODET_DIR)
+
+
+@pytest.fixture(scope="session")
+def real_images() -> list[Path]:
+    """Three real images of different sizes and formats."""
+    return [shared_file(SHARED_DATA / p) for p in
+            ("visdrone/0000315_01601_d_0000509.jpg", "sahi/small-vehicles1.jpeg", "sahi/terrain2.png")]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny test detector exported once, as written (both programs), PIR only and legacy only."""
+    from tests.fixtures.tiny_detector import LABELS
+
+    root = tmp_path_factory.mktemp("tiny")
+    both = root / "both"
+    spec = ExportSpec(factory="tests.fixtures.tiny_detector:build", factory_kwargs={"seed": 7}, weights=None,
+                      model_name="PP-YOLOE_plus_SOD-S", input_size=(320, 320), label_list=LABELS)
+    env_path = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = f"{REPO}{os.pathsep}{env_path}" if env_path else str(REPO)
+    try:
+        export_paddlex_dir(spec, both)
+    finally:
+        if env_path:
+            os.environ["PYTHONPATH"] = env_path
+        else:
+            os.environ.pop("PYTHONPATH", None)
+    dirs = {"both": both}
+    for name, program in (("pir", "inference.json"), ("legacy", "inference.pdmodel")):
+        d = root / name
+        d.mkdir()
+        for f in (program, "inference.pdiparams", "inference.yml"):
+            shutil.copy(both / f, d / f)
+        dirs[name] = d
+    return dirs
+
+
+class Daemon:
+    def __init__(self, process: subprocess.Popen, address: str, log_path: Path) -> None:
+        self.process = process
+        self.address = address
+        self.log_path = log_path
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.address)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_daemon(args: list[str], log_path: Path, timeout: float = 120.0) -> Daemon:
+    """Start `sodd serve` on a free loopback port and wait until it says it listens."""
+    cmd = [sys.executable, "-m", "sodd.cli", "serve", "--listen", "127.0.0.1:0", "--threads", "2", *args]
+    log = open(log_path, "w")
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO)
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            if process.poll() is not None:
+                raise RuntimeError(f"sodd serve exited with {process.returncode}:\n{log_path.read_text()}")
+            continue
+        match = re.search(r"listening on (\S+)", line)
+        if match:
+            return Daemon(process, match.group(1), log_path)
+    process.kill()
+    raise TimeoutError(f"sodd serve did not start in {timeout} s:\n{log_path.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def tiny_daemon(tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    log = tmp_path_factory.mktemp("daemon") / "tiny.log"
+    daemon = start_daemon(["--model", f"tiny={tiny_model_dirs['both']}",
+                           "--model", f"tiny-legacy={tiny_model_dirs['legacy']}",
+                           "--max-image-megapixels", "30", "--max-message-mb", "8"], log)
+    yield daemon
+    assert daemon.stop() == 0, daemon.log()
+
+
+def paddlex_python() -> str:
+    python = os.environ.get("SODD_PADDLEX_PYTHON") or str(REPO / ".venv-paddlex" / "bin" / "python")
+    if not Path(python).exists():
+        message = f"PaddleX reference environment {python} is missing (make setup-paddlex creates it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return python
+
+
+def run_paddlex(jobs: list[dict], workdir: Path) -> list[list[dict]]:
+    """Run PaddleX 3.7.2 on each job (see tests/paddlex_reference.py) in one process."""
+    job_file, out_file = workdir / "paddlex_jobs.json", workdir / "paddlex_out.json"
+    job_file.write_text(json.dumps(jobs))
+    env = {**os.environ, "PADDLE_PDX_CPU_NUM_THREADS": "2", "PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK": "True"}
+    result = subprocess.run([paddlex_python(), str(REPO / "tests" / "paddlex_reference.py"), str(job_file),
+                             str(out_file)], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(out_file.read_text())
