@@ -52,6 +52,7 @@ class CocoMetrics:
     num_images: int = 0
     num_ground_truth: int = 0
     num_detections: int = 0
+    max_dets: int = 100  # the per-image cap behind ap..ap_large and ar100
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: getattr(self, name) for name in _STAT_NAMES}
@@ -60,6 +61,7 @@ class CocoMetrics:
         out["num_images"] = self.num_images
         out["num_ground_truth"] = self.num_ground_truth
         out["num_detections"] = self.num_detections
+        out["max_dets"] = self.max_dets
         return out
 
 
@@ -102,6 +104,7 @@ def evaluate_coco(
         num_images=len(coco_gt.getImgIds()),
         num_ground_truth=len(coco_gt.getAnnIds()),
         num_detections=len(detections),
+        max_dets=max_dets,
     )
 
 

@@ -41,11 +41,13 @@ def failed_result(exc: DatasetError) -> dict[str, Any]:
     return {"done_flag": False, "check_pass": False, "err_type": exc.err_type, "err_msg": str(exc)}
 
 
-def write_result(path: Path, result: dict[str, Any]) -> None:
+def write_result(path: Path, result: Any) -> None:
+    """Write JSON as PaddleX does (indent 2, UTF-8), replacing any old file in one step."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(result, f, ensure_ascii=False, indent=2)
+    os.chmod(name, 0o644)  # mkstemp makes owner-only files; results are for everyone to read
     os.replace(name, path)
 
 
