@@ -114,9 +114,10 @@ def _ground_truth(gt: Mapping[str, Any]) -> COCO:
     dataset.setdefault("categories", [])
     dataset.setdefault("annotations", [])
     for ann in dataset["annotations"]:
-        # COCOeval reads `area` for the small/medium/large ranges; converters may leave it out.
+        # COCOeval needs `area` (size ranges) and `iscrowd`; hand-made files often leave them out.
         if "area" not in ann:
             ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
+        ann.setdefault("iscrowd", 0)
     coco = COCO()
     coco.dataset = dataset
     coco.createIndex()

@@ -106,9 +106,7 @@ def test_annotation_file_without_its_images_fails_naming_a_missing_file(tmp_path
     (root / "images").mkdir(parents=True)
     (root / "annotations").mkdir()
     for split in ("train", "val"):
-        (root / "annotations" / f"instance_{split}.json").symlink_to(
-            SAHI / "visdrone2019-det-train-first50image.json"
-        )
+        (root / "annotations" / f"instance_{split}.json").symlink_to(SAHI / "visdrone2019-det-train-first50image.json")
     out = tmp_path / "out"
     assert run_cli("check", str(root), "--output", str(out)) == 1
     result = json.loads((out / RESULT_FILE).read_text())

@@ -115,6 +115,16 @@ def test_inputs_are_not_modified() -> None:
     assert (gt, dets) == before
 
 
+def test_ground_truth_without_area_or_iscrowd() -> None:
+    gt = _tiny_gt()
+    for ann in gt["annotations"]:
+        del ann["area"], ann["iscrowd"]
+    dets = [{"image_id": 1, "category_id": 1, "bbox": a["bbox"], "score": 0.9} for a in gt["annotations"]]
+    m = evaluate_coco(gt, dets)
+    assert m.ap == pytest.approx(1.0)
+    assert m.ap_small == pytest.approx(1.0) and m.ap_medium == pytest.approx(1.0)
+
+
 def test_unknown_image_is_rejected() -> None:
     with pytest.raises(ValueError, match="image ids"):
         evaluate_coco(_tiny_gt(), [{"image_id": 7, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 1.0}])

@@ -24,17 +24,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     check = actions.add_parser("check", help="validate a dataset and write check_dataset_result.json")
     check.add_argument("dataset", type=Path, help="dataset root (images/ and annotations/)")
-    check.add_argument(
-        "--output", type=Path, default=Path("output"), help="where results go (default: ./output)"
-    )
+    check.add_argument("--output", type=Path, default=Path("output"), help="where results go (default: ./output)")
     check.set_defaults(func=run_check)
 
     convert = actions.add_parser("convert", help="convert VOC, LabelMe or VisDrone labels to COCO")
     convert.add_argument("dataset", type=Path, help="source dataset root")
     convert.add_argument("--from", dest="fmt", required=True, choices=FORMATS, help="source format")
-    convert.add_argument(
-        "--output", type=Path, help="visdrone only: write the COCO dataset here (default: in place)"
-    )
+    convert.add_argument("--output", type=Path, help="visdrone only: write the COCO dataset here (default: in place)")
     convert.add_argument("--val-dir", type=Path, help="visdrone only: a separate folder of val images")
     convert.add_argument("--seed", type=int, help="seed for the 80/20 cut when there is no val list")
     convert.add_argument("--dry-run", action="store_true", help="report what would be written, write nothing")
