@@ -10,7 +10,7 @@ from typing import Any
 
 from sodd.datasets.check import write_result
 from sodd.datasets.coco import load_dataset
-from sodd.datasets.detections import Detector, class_to_category, run_detector
+from sodd.datasets.detections import DetectionError, Detector, class_to_category, run_detector
 from sodd.datasets.errors import DatasetError
 from sodd.evaluation import CocoMetrics, evaluate_coco
 
@@ -65,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
         _warn_on_label_mismatch(detector, split.categories)
         progress = _progress(args.no_progress, len(split.coco["images"]))
         detections = run_detector(detector, split, dataset.root, progress)
+    except DetectionError as exc:
+        write_result(args.output / RESULT_FILE, {"done_flag": False, "err_type": "DetectionError", "err_msg": str(exc)})
+        print(f"evaluate failed: {exc}", file=sys.stderr)
+        return 1
     finally:
         detector.close()
 

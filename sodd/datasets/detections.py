@@ -25,6 +25,10 @@ from sodd.datasets.layout import image_path
 RawBox = tuple[int, str, float, float, float, float, float]
 
 
+class DetectionError(RuntimeError):
+    """The detector failed on an image; the message names it."""
+
+
 class Detector(Protocol):
     labels: tuple[str, ...]
     description: str
@@ -57,7 +61,12 @@ def run_detector(
     run = DetectionRun()
     start = time.perf_counter()
     for img in progress(split.coco["images"]):
-        for cls_id, _label, score, x1, y1, x2, y2 in detector.detect_file(image_path(root, img["file_name"])):
+        path = image_path(root, img["file_name"])
+        try:
+            boxes = detector.detect_file(path)
+        except Exception as exc:  # a decode error or a daemon's refusal: name the image it happened on
+            raise DetectionError(f"{path} (image id {img['id']}): {_describe(exc)}") from exc
+        for cls_id, _label, score, x1, y1, x2, y2 in boxes:
             if not 0 <= cls_id < len(mapping):
                 run.unmapped_boxes += 1
                 continue
@@ -126,6 +135,14 @@ class ServedModel:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _describe(exc: Exception) -> str:
+    details = getattr(exc, "details", None)
+    code = getattr(exc, "code", None)
+    if callable(details) and callable(code):  # grpc.RpcError
+        return f"{code().name}: {details()}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _as_array(data: bytes) -> Any:
