@@ -45,7 +45,8 @@ def parse_device(text: str) -> DeviceSpec:
         try:
             pairs = parse_qsl(match["options"], keep_blank_values=False, strict_parsing=True)
         except ValueError as exc:
-            raise InvalidArgument(f"device {text!r} has malformed options: {exc}; accepted forms: {ACCEPTED_FORMS}") from exc
+            raise InvalidArgument(
+                f"device {text!r} has malformed options: {exc}; accepted forms: {ACCEPTED_FORMS}") from exc
         options = dict(pairs)
     index = int(match["index"]) if match["index"] is not None else None
     return DeviceSpec(match["type"], index, options)

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def request_threshold(request: pb.DetectRequest | pb.DetectBatchRequest, labels: tuple[str, ...]) -> Threshold | None:
+def request_threshold(request: pb.DetectRequest | pb.DetectBatchRequest,
+                      labels: tuple[str, ...]) -> Threshold | None:
     kind = request.WhichOneof("threshold_spec")
     if kind == "threshold":
         value = request.threshold
@@ -43,9 +44,8 @@ def request_threshold(request: pb.DetectRequest | pb.DetectBatchRequest, labels:
         out: dict[int, float] = {}
         for cls_id, value in request.class_thresholds.thresholds.items():
             if not 0 <= cls_id < len(labels):
-                raise InvalidArgument(
-                    f"class_thresholds: class id {cls_id} is outside the model's {len(labels)} labels (0..{len(labels) - 1})"
-                )
+                raise InvalidArgument(f"class_thresholds: class id {cls_id} is outside the model's "
+                                      f"{len(labels)} labels (0..{len(labels) - 1})")
             if math.isnan(value) or not 0 <= value <= 1:
                 raise InvalidArgument(f"class_thresholds[{cls_id}] must be in [0, 1], got {value}")
             out[cls_id] = float(value)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from sodd_client.cli import main as client_main
+
 from tests.conftest import Daemon, run_paddlex, start_daemon
 
 THRESHOLDS = {"float": 0.3, "dict": {0: 0.45, 2: 0.2, 3: 0.25}}

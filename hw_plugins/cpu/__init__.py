@@ -84,7 +84,8 @@ class CpuPlugin:
             "paddle": paddle.__version__,
         }
         if platform.machine() not in ("x86_64", "AMD64"):
-            return [DeviceInfo("cpu", False, f"Paddle Inference CPU plugin needs x86_64, this is {platform.machine()}", facts)]
+            reason = f"the Paddle Inference CPU plugin needs x86_64, this is {platform.machine()}"
+            return [DeviceInfo("cpu", False, reason, facts)]
         return [DeviceInfo("cpu", True, "", facts)]
 
     def load(self, model: ModelDir, device: str, options: Mapping[str, str]) -> PaddleCpuPredictor:

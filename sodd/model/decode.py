@@ -7,7 +7,6 @@ reads the header first: a 100000x100000 PNG is refused without allocating its pi
 from __future__ import annotations
 
 import io
-import warnings
 
 import cv2
 import numpy as np
@@ -16,15 +15,15 @@ from PIL import Image
 from sodd.errors import InvalidArgument
 
 RAW_CHANNEL_CONVERSIONS = {1: cv2.COLOR_GRAY2BGR, 4: cv2.COLOR_BGRA2BGR}
+# Pillow only reads headers here and must report any size; our own megapixel limit decides.
+Image.MAX_IMAGE_PIXELS = None
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the file header when Pillow knows the format, else None."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow's own bomb warning; we apply our limit below
-            with Image.open(io.BytesIO(data)) as img:
-                return img.size
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
     except Exception:  # noqa: BLE001 - any header Pillow cannot read is left to OpenCV
         return None
 
@@ -45,7 +44,10 @@ def decode_encoded(data: bytes, max_pixels: int, field: str = "image.encoded") -
         if size[0] <= 0 or size[1] <= 0:
             raise InvalidArgument(f"{field}: image header declares a zero size {size[0]}x{size[1]}")
         _check_pixels(size[0], size[1], max_pixels, field)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # e.g. OpenCV's own pixel limit on a format Pillow cannot read
+        raise InvalidArgument(f"{field}: OpenCV refused to decode the image: {exc.err}") from exc
     if image is None or image.size == 0:
         raise InvalidArgument(f"{field}: {len(data)} bytes that OpenCV cannot decode as an image")
     _check_pixels(image.shape[1], image.shape[0], max_pixels, field)

@@ -1,11 +1,9 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -34,7 +32,7 @@ class RawImage(_message.Message):
     width: int
     channels: int
     data: bytes
-    def __init__(self, height: int | None = ..., width: int | None = ..., channels: int | None = ..., data: bytes | None = ...) -> None: ...
+    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., channels: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Image(_message.Message):
     __slots__ = ("encoded", "raw")
@@ -42,7 +40,7 @@ class Image(_message.Message):
     RAW_FIELD_NUMBER: _ClassVar[int]
     encoded: bytes
     raw: RawImage
-    def __init__(self, encoded: bytes | None = ..., raw: RawImage | _Mapping | None = ...) -> None: ...
+    def __init__(self, encoded: _Optional[bytes] = ..., raw: _Optional[_Union[RawImage, _Mapping]] = ...) -> None: ...
 
 class ClassThresholds(_message.Message):
     __slots__ = ("thresholds",)
@@ -52,10 +50,10 @@ class ClassThresholds(_message.Message):
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: int
         value: float
-        def __init__(self, key: int | None = ..., value: float | None = ...) -> None: ...
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[float] = ...) -> None: ...
     THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
     thresholds: _containers.ScalarMap[int, float]
-    def __init__(self, thresholds: _Mapping[int, float] | None = ...) -> None: ...
+    def __init__(self, thresholds: _Optional[_Mapping[int, float]] = ...) -> None: ...
 
 class DetectRequest(_message.Message):
     __slots__ = ("image", "model", "version", "threshold", "class_thresholds", "max_detections", "request_id")
@@ -73,7 +71,7 @@ class DetectRequest(_message.Message):
     class_thresholds: ClassThresholds
     max_detections: int
     request_id: str
-    def __init__(self, image: Image | _Mapping | None = ..., model: str | None = ..., version: int | None = ..., threshold: float | None = ..., class_thresholds: ClassThresholds | _Mapping | None = ..., max_detections: int | None = ..., request_id: str | None = ...) -> None: ...
+    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., threshold: _Optional[float] = ..., class_thresholds: _Optional[_Union[ClassThresholds, _Mapping]] = ..., max_detections: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class Box(_message.Message):
     __slots__ = ("cls_id", "label", "score", "xmin", "ymin", "xmax", "ymax")
@@ -91,7 +89,7 @@ class Box(_message.Message):
     ymin: float
     xmax: float
     ymax: float
-    def __init__(self, cls_id: int | None = ..., label: str | None = ..., score: float | None = ..., xmin: float | None = ..., ymin: float | None = ..., xmax: float | None = ..., ymax: float | None = ...) -> None: ...
+    def __init__(self, cls_id: _Optional[int] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., xmin: _Optional[float] = ..., ymin: _Optional[float] = ..., xmax: _Optional[float] = ..., ymax: _Optional[float] = ...) -> None: ...
 
 class StageTimings(_message.Message):
     __slots__ = ("decode_seconds", "preprocess_seconds", "inference_seconds", "postprocess_seconds", "queue_seconds")
@@ -105,7 +103,7 @@ class StageTimings(_message.Message):
     inference_seconds: float
     postprocess_seconds: float
     queue_seconds: float
-    def __init__(self, decode_seconds: float | None = ..., preprocess_seconds: float | None = ..., inference_seconds: float | None = ..., postprocess_seconds: float | None = ..., queue_seconds: float | None = ...) -> None: ...
+    def __init__(self, decode_seconds: _Optional[float] = ..., preprocess_seconds: _Optional[float] = ..., inference_seconds: _Optional[float] = ..., postprocess_seconds: _Optional[float] = ..., queue_seconds: _Optional[float] = ...) -> None: ...
 
 class DetectResponse(_message.Message):
     __slots__ = ("request_id", "boxes", "image_width", "image_height", "model", "version", "device", "timings")
@@ -125,7 +123,7 @@ class DetectResponse(_message.Message):
     version: int
     device: str
     timings: StageTimings
-    def __init__(self, request_id: str | None = ..., boxes: _Iterable[Box | _Mapping] | None = ..., image_width: int | None = ..., image_height: int | None = ..., model: str | None = ..., version: int | None = ..., device: str | None = ..., timings: StageTimings | _Mapping | None = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., device: _Optional[str] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ...) -> None: ...
 
 class DetectBatchRequest(_message.Message):
     __slots__ = ("images", "model", "version", "threshold", "class_thresholds", "max_detections", "request_id")
@@ -143,7 +141,7 @@ class DetectBatchRequest(_message.Message):
     class_thresholds: ClassThresholds
     max_detections: int
     request_id: str
-    def __init__(self, images: _Iterable[Image | _Mapping] | None = ..., model: str | None = ..., version: int | None = ..., threshold: float | None = ..., class_thresholds: ClassThresholds | _Mapping | None = ..., max_detections: int | None = ..., request_id: str | None = ...) -> None: ...
+    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., threshold: _Optional[float] = ..., class_thresholds: _Optional[_Union[ClassThresholds, _Mapping]] = ..., max_detections: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class DetectBatchResponse(_message.Message):
     __slots__ = ("request_id", "results")
@@ -151,7 +149,7 @@ class DetectBatchResponse(_message.Message):
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     results: _containers.RepeatedCompositeFieldContainer[DetectResponse]
-    def __init__(self, request_id: str | None = ..., results: _Iterable[DetectResponse | _Mapping] | None = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[DetectResponse, _Mapping]]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -161,7 +159,7 @@ class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
     MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
-    def __init__(self, models: _Iterable[ModelInfo | _Mapping] | None = ...) -> None: ...
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class GetModelRequest(_message.Message):
     __slots__ = ("name", "version")
@@ -169,7 +167,7 @@ class GetModelRequest(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
-    def __init__(self, name: str | None = ..., version: int | None = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "version", "directory", "model_name", "labels", "input_height", "input_width", "device", "state", "state_reason", "is_default", "max_batch_size", "default_threshold", "program_format")
@@ -201,4 +199,4 @@ class ModelInfo(_message.Message):
     max_batch_size: int
     default_threshold: float
     program_format: str
-    def __init__(self, name: str | None = ..., version: int | None = ..., directory: str | None = ..., model_name: str | None = ..., labels: _Iterable[str] | None = ..., input_height: int | None = ..., input_width: int | None = ..., device: str | None = ..., state: ModelState | str | None = ..., state_reason: str | None = ..., is_default: bool | None = ..., max_batch_size: int | None = ..., default_threshold: float | None = ..., program_format: str | None = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., directory: _Optional[str] = ..., model_name: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., device: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., state_reason: _Optional[str] = ..., is_default: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., default_threshold: _Optional[float] = ..., program_format: _Optional[str] = ...) -> None: ...
