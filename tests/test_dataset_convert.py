@@ -171,6 +171,7 @@ def test_voc_with_val_list(tmp_path: Path) -> None:
         "ignore": 0,
     }
     assert [a["id"] for a in val["annotations"]] == [1, 2]
+    assert train["type"] == "instances"
     assert check_dataset(root, tmp_path / "check")[0]["check_pass"] is True
 
 

@@ -88,6 +88,8 @@ def _plan_listed(root: Path, reader: Reader, unlabeled: bool, seed: int | None) 
     splits: dict[str, dict[str, Any]] = {}
     for name, entries in lists.items():
         coco: dict[str, Any] = {"images": [], "annotations": [], "categories": []}
+        if reader is read_voc:
+            coco["type"] = "instances"  # PaddleX's VOC converter writes it; keep files identical
         for _, label_file in entries:
             parsed = reader(root / label_file, root, notes)
             if parsed is None:
