@@ -108,7 +108,9 @@ class PPYOLOEInference(nn.Layer):
 
 
 def build_model(config: str, overrides: dict | None = None) -> PPYOLOE:
-    return PPYOLOE(get_config(config, **(overrides or {})))
+    # Overrides may come through JSON (export jobs), which turns tuples into lists.
+    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in (overrides or {}).items()}
+    return PPYOLOE(get_config(config, **fixed))
 
 
 def build_inference(

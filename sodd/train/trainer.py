@@ -100,6 +100,13 @@ def _to_batch_tensors(batch) -> tuple[paddle.Tensor, ...]:
 def train(cfg: TrainConfig, log=print) -> dict:
     """Train; writes `last.pdparams` (+ `.pdopt`), `best.pdparams` (EMA weights), `train_state.json`
     and `metrics.jsonl` under cfg.output. Returns the final state."""
+    # Optimizer state is keyed by parameter and accumulator names; a fresh name scope makes them the
+    # same in a run that resumes as in the run that saved, even within one process.
+    with paddle.utils.unique_name.guard():
+        return _train(cfg, log)
+
+
+def _train(cfg: TrainConfig, log) -> dict:
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
