@@ -14,7 +14,7 @@ from sodd.devices import DeviceSpec
 from sodd.engine import ModelRunner
 from sodd.errors import FailedPrecondition, NotFound
 from sodd.modeldir import ModelDir, read_model_dir
-from sodd.plugin import HardwarePlugin
+from sodd.plugin import HardwarePlugin, PluginProblem
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +35,17 @@ class ServedModel:
 
 class ModelRegistry:
     def __init__(self, plugins: dict[str, HardwarePlugin], *, max_pending: int,
-                 cpu_threads: int | None = None) -> None:
+                 cpu_threads: int | None = None, plugin_problems: list[PluginProblem] | None = None) -> None:
         self._plugins = plugins
+        self.plugin_problems = list(plugin_problems or [])
         self._max_pending = max_pending
         self._cpu_threads = cpu_threads
         self._models: dict[str, ServedModel] = {}
         self.default_name: str | None = None
+
+    @property
+    def plugins(self) -> dict[str, HardwarePlugin]:
+        return dict(self._plugins)
 
     def plugin_for(self, device: DeviceSpec) -> HardwarePlugin:
         for plugin in self._plugins.values():

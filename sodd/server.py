@@ -25,7 +25,8 @@ def load_models(config: ServeConfig) -> ModelRegistry:
     plugins, problems = discover_plugins()
     for problem in problems:
         log.warning("hardware plugin %s is not usable: %s", problem.name, problem.reason)
-    registry = ModelRegistry(plugins, max_pending=config.max_pending, cpu_threads=config.cpu_threads)
+    registry = ModelRegistry(plugins, max_pending=config.max_pending, cpu_threads=config.cpu_threads,
+                             plugin_problems=problems)
     try:
         for model in config.models:
             registry.load(model)

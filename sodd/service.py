@@ -80,6 +80,22 @@ def model_info(served: ServedModel, is_default: bool, threshold: float) -> pb.Mo
     )
 
 
+def device_listing(registry: ModelRegistry) -> pb.ListDevicesResponse:
+    """Every plugin's probe; a plugin whose probe raises is listed with the error, not hidden."""
+    plugins = []
+    for name, plugin in sorted(registry.plugins.items()):
+        info = pb.PluginInfo(name=name, device_types=list(plugin.device_types))
+        try:
+            for device in plugin.probe():
+                info.devices.append(pb.DeviceInfo(device=device.device, available=device.available,
+                                                  reason=device.reason, facts=dict(device.facts)))
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the listing
+            info.error = f"probe failed: {type(exc).__name__}: {exc}"
+        plugins.append(info)
+    plugins.extend(pb.PluginInfo(name=p.name, error=p.reason) for p in registry.plugin_problems)
+    return pb.ListDevicesResponse(plugins=plugins)
+
+
 class DetectorService(pb_grpc.DetectorServicer):
     def __init__(self, config: ServeConfig, registry: ModelRegistry) -> None:
         self._config = config
@@ -176,6 +192,13 @@ class DetectorService(pb_grpc.DetectorServicer):
             return self._info(self._registry.get(request.name, request.version))
 
         return await self._guard(context, work(), "GetModel", "")
+
+    async def ListDevices(self, request: pb.ListDevicesRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ListDevicesResponse:
+        async def work() -> pb.ListDevicesResponse:
+            return await asyncio.to_thread(device_listing, self._registry)
+
+        return await self._guard(context, work(), "ListDevices", "")
 
     def close(self) -> None:
         self._workers.shutdown(wait=True)

@@ -126,7 +126,7 @@ def test_server_reflection_lists_the_services(tiny_daemon: Daemon) -> None:
     assert {"sodd.v1.Detector", "grpc.health.v1.Health"} <= services
     pool = DescriptorPool(database)
     detector = pool.FindServiceByName("sodd.v1.Detector")
-    assert {m.name for m in detector.methods} == {"Detect", "DetectBatch", "ListModels", "GetModel"}
+    assert {m.name for m in detector.methods} == {"Detect", "DetectBatch", "ListModels", "GetModel", "ListDevices"}
 
 
 BAD_REQUESTS = [
@@ -204,3 +204,12 @@ def test_client_cli_models_and_errors(tiny_daemon: Daemon, visdrone_image: Path,
     drawn = cv2.imread(str(tmp_path / f"{visdrone_image.stem}_res.jpg"))
     assert drawn.shape == cv2.imread(str(visdrone_image)).shape
     assert client_main(["--server", tiny_daemon.address, "detect", str(tmp_path / "missing.jpg")]) == 2
+
+
+def test_list_devices_shows_the_cpu_plugin(tiny_daemon: Daemon, client: Client, capsys) -> None:
+    plugins = {p.name: p for p in client.list_devices()}
+    cpu = plugins["cpu"]
+    assert list(cpu.device_types) == ["cpu"] and cpu.devices[0].device == "cpu" and cpu.devices[0].available
+    assert "paddle" in cpu.devices[0].facts
+    assert client_main(["--server", tiny_daemon.address, "devices"]) == 0
+    assert "cpu: available" in capsys.readouterr().out

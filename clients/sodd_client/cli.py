@@ -3,6 +3,7 @@
     sodd-client --server HOST:PORT detect INPUT... [--model NAME] [--threshold 0.4 | 0:0.5,3:0.3]
                 [--batch-size N] [--print] [--save-json DIR|FILE] [--save-img DIR]
     sodd-client --server HOST:PORT models [--json]
+    sodd-client --server HOST:PORT devices [--json]
 
 INPUT is an image file, a directory of images, or an http(s) URL that this client fetches (the
 daemon never fetches URLs). Errors print the gRPC status and exit non-zero.
@@ -107,6 +108,23 @@ def cmd_models(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_devices(client: Client, args: argparse.Namespace) -> int:
+    plugins = client.list_devices()
+    if args.json:
+        rows = [{"plugin": p.name, "device_types": list(p.device_types), "error": p.error,
+                 "devices": [{"device": d.device, "available": d.available, "reason": d.reason,
+                              "facts": dict(d.facts)} for d in p.devices]} for p in plugins]
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    for p in plugins:
+        print(f"{p.name} ({', '.join(p.device_types) or '-'})" + (f": {p.error}" if p.error else ""))
+        for d in p.devices:
+            state = "available" if d.available else f"unavailable: {d.reason}"
+            facts = ", ".join(f"{k}={v}" for k, v in sorted(d.facts.items()))
+            print(f"    {d.device}: {state}" + (f"  [{facts}]" if facts else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sodd-client", description="Call a sodd daemon.")
     parser.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT of the daemon")
@@ -124,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the served models")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_models)
+    dv = sub.add_parser("devices", help="list hardware plugins and their devices")
+    dv.add_argument("--json", action="store_true")
+    dv.set_defaults(func=cmd_devices)
     return parser
 
 

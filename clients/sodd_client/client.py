@@ -85,6 +85,9 @@ class Client:
     def get_model(self, name: str = "", version: int = 0) -> pb.ModelInfo:
         return self._stub.GetModel(pb.GetModelRequest(name=name, version=version), timeout=self.timeout)
 
+    def list_devices(self) -> list[pb.PluginInfo]:
+        return list(self._stub.ListDevices(pb.ListDevicesRequest(), timeout=self.timeout).plugins)
+
     def close(self) -> None:
         self._channel.close()
 
@@ -120,6 +123,9 @@ class AsyncClient:
 
     async def get_model(self, name: str = "", version: int = 0) -> pb.ModelInfo:
         return await self._stub.GetModel(pb.GetModelRequest(name=name, version=version), timeout=self.timeout)
+
+    async def list_devices(self) -> list[pb.PluginInfo]:
+        return list((await self._stub.ListDevices(pb.ListDevicesRequest(), timeout=self.timeout)).plugins)
 
     async def close(self) -> None:
         await self._channel.close()

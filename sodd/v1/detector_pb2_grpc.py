@@ -54,6 +54,11 @@ class DetectorStub:
                 request_serializer=sodd_dot_v1_dot_detector__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=sodd_dot_v1_dot_detector__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.ListDevices = channel.unary_unary(
+                '/sodd.v1.Detector/ListDevices',
+                request_serializer=sodd_dot_v1_dot_detector__pb2.ListDevicesRequest.SerializeToString,
+                response_deserializer=sodd_dot_v1_dot_detector__pb2.ListDevicesResponse.FromString,
+                _registered_method=True)
 
 
 class DetectorServicer:
@@ -88,6 +93,13 @@ class DetectorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDevices(self, request, context):
+        """Lists every hardware plugin, its devices, and why a device is unavailable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DetectorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +122,11 @@ def add_DetectorServicer_to_server(servicer, server):
                     servicer.GetModel,
                     request_deserializer=sodd_dot_v1_dot_detector__pb2.GetModelRequest.FromString,
                     response_serializer=sodd_dot_v1_dot_detector__pb2.ModelInfo.SerializeToString,
+            ),
+            'ListDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDevices,
+                    request_deserializer=sodd_dot_v1_dot_detector__pb2.ListDevicesRequest.FromString,
+                    response_serializer=sodd_dot_v1_dot_detector__pb2.ListDevicesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +237,33 @@ class Detector:
             '/sodd.v1.Detector/GetModel',
             sodd_dot_v1_dot_detector__pb2.GetModelRequest.SerializeToString,
             sodd_dot_v1_dot_detector__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sodd.v1.Detector/ListDevices',
+            sodd_dot_v1_dot_detector__pb2.ListDevicesRequest.SerializeToString,
+            sodd_dot_v1_dot_detector__pb2.ListDevicesResponse.FromString,
             options,
             channel_credentials,
             insecure,
