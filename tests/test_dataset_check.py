@@ -176,6 +176,10 @@ def _break_empty_split(root: Path, files: dict[str, Any]) -> None:
     _rewrite(root, "val", {"images": [], "annotations": [], "categories": files["val"]["categories"]})
 
 
+def _break_image_content(root: Path, files: dict[str, Any]) -> None:
+    (root / "images" / "val1.jpg").write_bytes(b"not a jpeg")
+
+
 def _break_missing_annotation_file(root: Path, files: dict[str, Any]) -> None:
     (root / "annotations" / "instance_val.json").unlink()
 
@@ -217,6 +221,11 @@ BAD_CASES = {
         "CheckFailedError",
         ["annotations/instance_val.json: the split is empty"],
     ),
+    "unreadable image": (
+        _break_image_content,
+        "CheckFailedError",
+        ["images/val1.jpg is not a readable image: it is annotations/instance_val.json: images[0] (id 3)"],
+    ),
     "missing annotation file": (
         _break_missing_annotation_file,
         "DatasetFileNotFoundError",
@@ -230,6 +239,25 @@ def test_small_valid_dataset_passes(tmp_path: Path) -> None:
     result, dataset = check_dataset(tmp_path / "ds", tmp_path / "out")
     assert result["check_pass"] is True, result
     assert result["attributes"]["train_samples"] == 2 and result["attributes"]["val_samples"] == 2
+
+
+def test_dataset_one_level_down_is_found(tmp_path: Path) -> None:
+    """As PaddleX does for an unpacked archive: the one folder holding images/ is the root."""
+    _good(tmp_path / "archive" / "ds")
+    result, _ = check_dataset(tmp_path / "archive", tmp_path / "out")
+    assert result["check_pass"] is True and result["dataset_path"] == "ds"
+
+
+def test_stated_size_differing_from_the_image_is_a_warning(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    files = _good(root)
+    files["train"]["images"][1]["width"] = 100
+    _rewrite(root, "train", files["train"])
+    result, dataset = check_dataset(root, tmp_path / "out")
+    assert result["check_pass"] is True and dataset is not None
+    assert dataset.warnings == [
+        "annotations/instance_train.json: images[1] (id 2) 'train2.jpg' states 100x48, the image is 64x48"
+    ]
 
 
 @pytest.mark.parametrize("case", list(BAD_CASES))

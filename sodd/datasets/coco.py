@@ -12,8 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from sodd.datasets.errors import CheckFailedError, DatasetFileNotFoundError
-from sodd.datasets.layout import SPLITS, annotation_path, image_path, relative
+from sodd.datasets.layout import SPLITS, annotation_path, find_root, image_path, relative
+
+_EXIF_ORIENTATION = 0x0112
+_EXIF_TRANSPOSED = {5, 6, 7, 8}  # orientations that swap width and height
 
 # Boxes may touch the border; allow for float rounding in converted coordinates.
 _EDGE_TOLERANCE = 1e-3
@@ -70,16 +75,19 @@ def read_json(path: Path, root: Path) -> Any:
 
 def load_dataset(root: Path, splits: tuple[str, ...] = SPLITS, check_images: bool = True) -> Dataset:
     """Read and validate `annotations/instance_<split>.json` for each split."""
-    root = Path(root)
+    root = find_root(Path(root))
     if not root.is_dir():
         raise DatasetFileNotFoundError(f"{root} does not exist or is not a directory.")
     data = {}
+    warnings: list[str] = []
     for split in splits:
         path = annotation_path(root, split)
         coco = read_json(path, root)
         validate_coco(coco, relative(path, root), root if check_images else None)
+        if check_images:
+            warnings += _check_image_contents(coco["images"], relative(path, root), root)
         data[split] = SplitData(split, path, coco)
-    return Dataset(root, data, _category_warnings(data))
+    return Dataset(root, data, _category_warnings(data) + warnings)
 
 
 def validate_coco(coco: Any, shown: str, root: Path | None, allow_empty: bool = False) -> None:
@@ -140,6 +148,34 @@ def _check_image_files(entries: list[dict[str, Any]], shown: str, root: Path) ->
         raise DatasetFileNotFoundError(
             f"{path} does not exist: it is {shown}: images[{i}] (id {img['id']}, file_name '{img['file_name']}'){more}"
         )
+
+
+def _check_image_contents(entries: list[dict[str, Any]], shown: str, root: Path) -> list[str]:
+    """Fail on an image that cannot be read; warn when its size is not the one the file states.
+
+    The size is taken after EXIF orientation, as the model sees the image. A wrong size is only a
+    warning because PaddleX accepts it, but boxes are then checked against the wrong frame.
+    """
+    mismatched = []
+    for i, img in enumerate(entries):
+        path = image_path(root, img["file_name"])
+        try:
+            with Image.open(path) as opened:
+                width, height = opened.size
+                if opened.getexif().get(_EXIF_ORIENTATION, 1) in _EXIF_TRANSPOSED:
+                    width, height = height, width
+        except (OSError, SyntaxError, ValueError) as exc:  # PIL's ways of saying "not an image"
+            raise CheckFailedError(
+                f"{relative(path, root)} is not a readable image: it is {shown}: images[{i}] (id {img['id']}): {exc}"
+            ) from exc
+        if (width, height) != (img["width"], img["height"]):
+            mismatched.append(
+                f"{shown}: images[{i}] (id {img['id']}) '{img['file_name']}' states "
+                f"{img['width']}x{img['height']}, the image is {width}x{height}"
+            )
+    if len(mismatched) > 1:
+        mismatched[0] += f" ({len(mismatched) - 1} more images differ)"
+    return mismatched[:1]
 
 
 def _validate_annotations(

@@ -23,7 +23,7 @@ from typing import Any
 from sodd.datasets.atomic import AtomicChanges
 from sodd.datasets.errors import ConvertFailedError
 from sodd.datasets.labelme import read_labelme
-from sodd.datasets.layout import ANNOTATIONS_DIR, annotation_path, relative
+from sodd.datasets.layout import ANNOTATIONS_DIR, annotation_path, find_root, relative
 from sodd.datasets.plan import Conversion, Indexer
 from sodd.datasets.visdrone import plan_visdrone
 from sodd.datasets.voc import read_voc
@@ -49,7 +49,7 @@ def convert_dataset(
         conversion = plan_visdrone(root, seed=seed, **visdrone)
     else:
         reader: Reader = read_voc if fmt.startswith("voc") else read_labelme
-        conversion = _plan_listed(root, reader, fmt.endswith("-unlabeled"), seed)
+        conversion = _plan_listed(find_root(Path(root)), reader, fmt.endswith("-unlabeled"), seed)
     if not dry_run:
         conversion.changes.commit()
     return conversion

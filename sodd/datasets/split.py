@@ -16,14 +16,14 @@ from typing import Any
 from sodd.datasets.atomic import AtomicChanges
 from sodd.datasets.coco import read_json, validate_coco
 from sodd.datasets.errors import CheckFailedError, SplitFailedError
-from sodd.datasets.layout import SPLITS, annotation_path, relative
+from sodd.datasets.layout import SPLITS, annotation_path, find_root, relative
 from sodd.datasets.plan import Conversion
 
 
 def split_dataset(
     root: Path, train_percent: float, val_percent: float, *, seed: int | None = None, dry_run: bool = False
 ) -> Conversion:
-    root = Path(root)
+    root = find_root(Path(root))
     if train_percent <= 0 or val_percent <= 0:
         raise SplitFailedError(f"train ({train_percent}) and val ({val_percent}) percentages must both be above 0")
     if abs(train_percent + val_percent - 100) > 1e-9:
