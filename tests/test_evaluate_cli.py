@@ -171,6 +171,20 @@ def test_daemon_error_names_the_image(tmp_path: Path) -> None:
     assert "images/im3.png (image id 3): INVALID_ARGUMENT: image.encoded: cannot decode" in result["err_msg"]
 
 
+def test_unreachable_daemon_or_model_directory_fails_cleanly(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    _dataset(root)
+    out = tmp_path / "out"
+    assert run_cli("--dataset", str(root), "--server", "127.0.0.1:1", "--output", str(out)) == 1
+    assert (
+        "daemon 127.0.0.1:1, model (default): UNAVAILABLE"
+        in json.loads((out / "evaluate_result.json").read_text())["err_msg"]
+    )
+    assert run_cli("--dataset", str(root), "--model", str(tmp_path / "nowhere"), "--output", str(out)) == 1
+    message = json.loads((out / "evaluate_result.json").read_text())["err_msg"]
+    assert message.startswith(f"cannot load the model directory {tmp_path / 'nowhere'}")
+
+
 def test_bad_dataset_writes_failed_result(tmp_path: Path) -> None:
     root = tmp_path / "ds"
     _dataset(root)

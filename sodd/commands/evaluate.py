@@ -60,7 +60,12 @@ def run(args: argparse.Namespace) -> int:
         return 1
     split = dataset.splits[args.split]
 
-    detector = _open_detector(args)
+    try:
+        detector = _open_detector(args)
+    except DetectionError as exc:
+        write_result(args.output / RESULT_FILE, {"done_flag": False, "err_type": "DetectionError", "err_msg": str(exc)})
+        print(f"evaluate failed: {exc}", file=sys.stderr)
+        return 1
     try:
         _warn_on_label_mismatch(detector, split.categories)
         progress = _progress(args.no_progress, len(split.coco["images"]))

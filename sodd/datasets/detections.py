@@ -26,7 +26,7 @@ RawBox = tuple[int, str, float, float, float, float, float]
 
 
 class DetectionError(RuntimeError):
-    """The detector failed on an image; the message names it."""
+    """The detector could not start, or failed on an image; the message says which."""
 
 
 class Detector(Protocol):
@@ -92,7 +92,10 @@ class LocalModel:
         from sodd.local import LocalDetector
 
         self._cv2 = cv2
-        self._detector = LocalDetector(Path(model_dir), device=device)
+        try:
+            self._detector = LocalDetector(Path(model_dir), device=device)
+        except Exception as exc:  # a bad directory, device or program: the loader's message says which
+            raise DetectionError(f"cannot load the model directory {model_dir}: {_describe(exc)}") from exc
         self._threshold = threshold
         self.labels = tuple(self._detector.labels)
         self.description = f"model directory {model_dir} on {device}"
@@ -116,18 +119,24 @@ class ServedModel:
         from sodd_client import Client
 
         self._client = Client(address, timeout=timeout)
+        self._address = address
         self._model = model
         self._threshold = threshold
         self.labels = self._labels()
         self.description = f"daemon {address}, model {model or '(default)'}"
 
     def _labels(self) -> tuple[str, ...]:
+        """The served model's labels; asking first also fails fast on a wrong address or name."""
         import grpc
 
         try:
             return tuple(self._client.get_model(self._model).labels)
-        except grpc.RpcError:
-            return ()  # an older daemon without GetModel: evaluation works without labels
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return ()  # a daemon without GetModel: evaluation works without labels
+            self._client.close()
+            where = f"daemon {self._address}, model {self._model or '(default)'}"
+            raise DetectionError(f"{where}: {_describe(exc)}") from exc
 
     def detect_file(self, path: Path) -> list[RawBox]:
         response = self._client.detect(path.read_bytes(), self._model, threshold=self._threshold)
