@@ -134,6 +134,27 @@ def test_annotation_on_unknown_image_fails_naming_entry(tmp_path: Path) -> None:
     assert snapshot(root) == before
 
 
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("category_id", 7, r"instance_train\.json: annotations\[2\] \(id 3\) on image 2 'train2\.jpg': category_id 7"),
+        ("bbox", [20, 20, 20, 8], r"annotations\[2\] \(id 3\) .*lies outside the image 32x32"),
+        ("bbox", [2, 2, 8, -1], r"annotations\[2\] \(id 3\) .*non-positive size"),
+    ],
+    ids=["unknown category", "box outside image", "non-positive size"],
+)
+def test_bad_annotation_fails_naming_entry(tmp_path: Path, field: str, value: Any, message: str) -> None:
+    root = tmp_path / "ds"
+    _dataset(root)
+    coco = _load(root, "train")
+    coco["annotations"][2][field] = value
+    (root / "annotations" / "instance_train.json").write_text(json.dumps(coco))
+    before = snapshot(root)
+    with pytest.raises(SplitFailedError, match=message):
+        split_dataset(root, 50, 50)
+    assert snapshot(root) == before
+
+
 def test_only_a_train_file_is_split_into_both(tmp_path: Path) -> None:
     root = tmp_path / "ds"
     _dataset(root, n_train=10, n_val=1)
