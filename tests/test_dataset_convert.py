@@ -57,19 +57,59 @@ def _json(path: Path) -> Any:
 @needs_shared
 def test_visdrone_demo_gives_98_annotations(tmp_path: Path) -> None:
     out = tmp_path / "vd"
-    code = run_cli("convert", "--from", "visdrone", str(VISDRONE), "--val-dir", str(VISDRONE), "--output", str(out))
-    assert code == 0
+    assert run_cli("convert", "--from", "visdrone", str(VISDRONE), "--as", "val", "--output", str(out)) == 0
+    assert not (out / "annotations" / "instance_train.json").exists()
     val = _json(out / "annotations" / "instance_val.json")
     assert len(val["annotations"]) == 98
     assert [c["id"] for c in val["categories"]] == list(range(10))
     assert val["categories"][9]["name"] == "motorcycle"
     assert val["images"] == [{"id": 1, "file_name": "0000315_01601_d_0000509.jpg", "width": 1360, "height": 765}]
+    assert (out / "images" / "0000315_01601_d_0000509.jpg").read_bytes() == (
+        VISDRONE / "0000315_01601_d_0000509.jpg"
+    ).read_bytes()
     small = [a for a in val["annotations"] if a["bbox"][2] * a["bbox"][3] < 32 * 32]
     assert len(small) == 82
     cars = [a for a in val["annotations"] if a["category_id"] == 3]
     assert len(cars) == 34
+
+
+@needs_shared
+def test_visdrone_with_val_folder_passes_the_check(tmp_path: Path) -> None:
+    out = tmp_path / "vd"
+    code = run_cli("convert", "--from", "visdrone", str(VISDRONE), "--val-dir", str(VISDRONE), "--output", str(out))
+    assert code == 0
+    for split in ("train", "val"):
+        assert len(_json(out / "annotations" / f"instance_{split}.json")["annotations"]) == 98
     result, _ = check_dataset(out, tmp_path / "check")
     assert result["check_pass"] is True and result["attributes"]["num_classes"] == 10
+
+
+def test_visdrone_train_and_val_folders_in_two_runs(tmp_path: Path) -> None:
+    out = tmp_path / "vd"
+    for split, n in (("train", 3), ("val", 2)):
+        src = tmp_path / f"VisDrone2019-DET-{split}"
+        (src / "images").mkdir(parents=True)
+        (src / "annotations").mkdir()
+        for i in range(n):
+            Image.new("RGB", (40, 30), (i, 0, 0)).save(src / "images" / f"{split}{i}.png")
+            (src / "annotations" / f"{split}{i}.txt").write_text("1,1,10,10,1,4,0,0\n")
+        assert run_cli("convert", "--from", "visdrone", str(src), "--as", split, "--output", str(out)) == 0
+    result, dataset = check_dataset(out, tmp_path / "check")
+    assert result["check_pass"] is True
+    assert (result["attributes"]["train_samples"], result["attributes"]["val_samples"]) == (3, 2)
+    # Converting again finds its images already in place and changes nothing.
+    before = snapshot(out)
+    assert run_cli("convert", "--from", "visdrone", str(tmp_path / "VisDrone2019-DET-val"), "--as", "val",
+                   "--output", str(out)) == 0  # fmt: skip
+    assert snapshot(out) == before
+    # A different image under a name already taken is refused, not overwritten.
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.new("RGB", (40, 30), (255, 255, 255)).save(other / "train0.png")
+    (other / "train0.txt").write_text("1,1,10,10,1,4,0,0\n")
+    with pytest.raises(ConvertFailedError, match=r"images/train0\.png already exists and differs"):
+        convert_dataset("visdrone", other, only="val", output=out)
+    assert snapshot(out) == before
 
 
 @needs_shared

@@ -32,6 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("--from", dest="fmt", required=True, choices=FORMATS, help="source format")
     convert.add_argument("--output", type=Path, help="visdrone only: write the COCO dataset here (default: in place)")
     convert.add_argument("--val-dir", type=Path, help="visdrone only: a separate folder of val images")
+    convert.add_argument(
+        "--as",
+        dest="only",
+        choices=["train", "val"],
+        help="visdrone only: convert the whole folder into this one split, leaving the other file alone",
+    )
     convert.add_argument("--seed", type=int, help="seed for the 80/20 cut when there is no val list")
     convert.add_argument("--dry-run", action="store_true", help="report what would be written, write nothing")
     convert.set_defaults(func=run_convert)
@@ -64,10 +70,10 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    if args.fmt != "visdrone" and (args.output or args.val_dir):
-        print("--output and --val-dir apply to --from visdrone only", file=sys.stderr)
+    if args.fmt != "visdrone" and (args.output or args.val_dir or args.only):
+        print("--output, --val-dir and --as apply to --from visdrone only", file=sys.stderr)
         return 2
-    extra = {"output": args.output, "val_dir": args.val_dir} if args.fmt == "visdrone" else {}
+    extra = {"output": args.output, "val_dir": args.val_dir, "only": args.only} if args.fmt == "visdrone" else {}
     try:
         conversion = convert_dataset(args.fmt, args.dataset, seed=args.seed, dry_run=args.dry_run, **extra)
     except DatasetError as exc:

@@ -7,11 +7,12 @@ are clipped to the image, and boxes left without area are dropped, so the result
 
 A source folder is either VisDrone's release layout (`images/` and `annotations/`) or images with
 their txt files side by side. Without a val folder the images are shuffled and cut 80/20, as
-PaddleX does for a dataset without a val list.
+PaddleX does for a dataset without a val list; or a folder is converted whole as one split.
 """
 
 from __future__ import annotations
 
+import filecmp
 import random
 from collections import Counter
 from pathlib import Path
@@ -34,12 +35,29 @@ TRAIN_FRACTION = 0.8
 
 
 def plan_visdrone(
-    root: Path, *, output: Path | None = None, val_dir: Path | None = None, seed: int | None = None
+    root: Path,
+    *,
+    output: Path | None = None,
+    val_dir: Path | None = None,
+    only: str | None = None,
+    seed: int | None = None,
 ) -> Conversion:
+    """Plan the conversion of `root` (and `val_dir`) into `output` (default: in place).
+
+    `only` ("train" or "val") converts the whole folder into that one annotation file and leaves
+    the other alone, so train and val folders can be converted by two runs into one dataset, or a
+    val folder alone for evaluation.
+    """
     root = Path(root)
     dst = Path(output) if output is not None else root
+    if only is not None and val_dir is not None:
+        raise ConvertFailedError("give a separate val folder or convert one folder as one split, not both")
+    if only not in (None, "train", "val"):
+        raise ConvertFailedError(f"a folder converts as 'train' or 'val', not {only!r}")
     train_pairs = _pairs(root)
-    if val_dir is not None:
+    if only is not None:
+        split_pairs = {only: train_pairs}
+    elif val_dir is not None:
         split_pairs = {"train": train_pairs, "val": _pairs(Path(val_dir))}
     else:
         shuffled = list(train_pairs)
@@ -48,8 +66,10 @@ def plan_visdrone(
         split_pairs = {"train": sorted(shuffled[:cut]), "val": sorted(shuffled[cut:])}
     for name, pairs in split_pairs.items():
         if not pairs:
-            hint = "" if val_dir is not None else " (pass a separate val folder, or more images)"
-            raise ConvertFailedError(f"the {name} split would be empty: {len(train_pairs)} image(s) in {root}{hint}")
+            raise ConvertFailedError(
+                f"the {name} split would be empty: an 80/20 cut of the {len(train_pairs)} image(s) in {root}; "
+                "give a separate val folder, or convert the folder as one split (train or val)"
+            )
 
     changes = AtomicChanges()
     placed: dict[str, Path] = {}  # file name under images/ -> source image
@@ -107,15 +127,18 @@ def _pairs(folder: Path) -> list[tuple[Path, Path]]:
 
 
 def _place_image(image_file: Path, dst: Path, placed: dict[str, Path], changes: AtomicChanges) -> None:
-    target = dst / IMAGES_DIR / image_file.name
-    if image_file.name in placed:
-        if placed[image_file.name].resolve() != image_file.resolve():
-            raise ConvertFailedError(
-                f"two different images share the name {image_file.name}: {placed[image_file.name]} and {image_file}"
-            )
+    name = image_file.name
+    if name in placed:
+        if placed[name].resolve() != image_file.resolve():
+            raise ConvertFailedError(f"two different images share the name {name}: {placed[name]} and {image_file}")
         return
-    placed[image_file.name] = image_file
-    if target.resolve() != image_file.resolve():
+    placed[name] = image_file
+    target = dst / IMAGES_DIR / name
+    if target.exists() and target.resolve() != image_file.resolve():
+        if filecmp.cmp(target, image_file, shallow=False):
+            return  # already there (a second run, or the other split's run)
+        raise ConvertFailedError(f"{target} already exists and differs from {image_file}; not overwriting it")
+    if not target.exists():
         changes.copy_file(image_file, target)
 
 
