@@ -5,14 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display on a server
-
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: E402
-
-from sodd.datasets.coco import Dataset  # noqa: E402
+from sodd.datasets.coco import Dataset
 
 # COCO's small / medium / large limits are areas of 32*32 and 96*96 px.
 SMALL_LIMIT_PX = 32
@@ -35,6 +28,13 @@ def size_counts(dataset: Dataset) -> dict[str, int]:
 
 
 def draw_histogram(dataset: Dataset, path: Path) -> None:
+    # Imported here: matplotlib takes half a second to load, and every `sodd` command imports this module.
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on a server
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator, NullLocator
+
     names = dataset.categories
     per_split = {name: {cat_id: 0 for cat_id in names} for name in dataset.splits}
     sizes: list[float] = []
