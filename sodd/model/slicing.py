@@ -1,0 +1,389 @@
+"""Sliced inference: cut a large image into overlapping windows, detect in each, merge the boxes.
+
+Tiny objects vanish when a 1920x1080 frame is shrunk to a 640x640 network input; run on windows
+of about the network's size they keep their pixels. This module is pure numpy: it plans the
+windows, shifts each window's rows into image pixels and merges them. The caller supplies the
+function that runs crops through the model, so the daemon can batch them on its engine.
+
+Windows follow SAHI's `get_slice_bboxes`: row by row from the top left, a step of
+`size - int(overlap_ratio * size)`, and the last window of a row or column moved back so that it
+ends flush with the image border (never a partial window). Merging follows SAHI 0.12.8's
+postprocess definitions (docs/slicing.md states them); the code here is our own.
+
+Rows are the network's raw box rows `[cls, score, x1, y1, x2, y2]` (float32), the form
+`sodd.model.postprocess.finish` takes; thresholding, clipping to the image and labels stay there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from sodd.errors import InvalidArgument
+from sodd.model.postprocess import Threshold, apply_threshold
+
+MergeMethod = Literal["nms", "nmm", "greedynmm"]
+MatchMetric = Literal["iou", "ios"]
+Window = tuple[int, int, int, int]  # x1, y1, x2, y2 in image pixels, x2/y2 exclusive
+RunBatch = Callable[[list[np.ndarray]], Sequence[np.ndarray]]
+
+MERGE_METHODS: tuple[str, ...] = ("nms", "nmm", "greedynmm")
+MATCH_METRICS: tuple[str, ...] = ("iou", "ios")
+# A request can ask for tiny windows on a huge image; beyond this many it is refused rather than
+# tying a device up for minutes.
+MAX_SLICES = 256
+MIN_SLICE_SIZE = 32
+# The automatic mode grows its windows until the plan needs at most this many.
+AUTO_MAX_SLICES = 32
+AUTO_GROWTH = 1.25
+
+
+@dataclass(frozen=True)
+class SliceOptions:
+    """How one request is sliced and merged. Defaults are SAHI's, with PaddleDetection's overlap.
+
+    `auto` picks the window size (see `auto_slice_size`); the explicit sizes must then be 0.
+    """
+
+    slice_height: int = 0
+    slice_width: int = 0
+    overlap_height_ratio: float = 0.25
+    overlap_width_ratio: float = 0.25
+    full_image: bool = True
+    merge: MergeMethod = "greedynmm"
+    match_metric: MatchMetric = "ios"
+    match_threshold: float = 0.5
+    class_agnostic: bool = False
+    auto: bool = False
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+def validate(options: SliceOptions) -> None:
+    """Raise InvalidArgument naming the first field that is out of range."""
+    for name in ("slice_height", "slice_width"):
+        value = getattr(options, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidArgument(f"slicing.{name} must be an integer, got {value!r}")
+        if options.auto and value != 0:
+            raise InvalidArgument(f"slicing.{name} must be 0 when slicing.auto is set (got {value})")
+        if not options.auto and value < MIN_SLICE_SIZE:
+            raise InvalidArgument(
+                f"slicing.{name} must be at least {MIN_SLICE_SIZE} pixels (got {value}); "
+                "or set slicing.auto to let the daemon choose")
+    for name in ("overlap_height_ratio", "overlap_width_ratio"):
+        value = getattr(options, name)
+        if not _is_real(value) or not 0.0 <= value < 1.0:
+            raise InvalidArgument(f"slicing.{name} must be in [0, 1), got {value!r}")
+    if options.merge not in MERGE_METHODS:
+        raise InvalidArgument(f"slicing.merge must be one of {', '.join(MERGE_METHODS)}; got {options.merge!r}")
+    if options.match_metric not in MATCH_METRICS:
+        raise InvalidArgument(
+            f"slicing.match_metric must be one of {', '.join(MATCH_METRICS)}; got {options.match_metric!r}")
+    if not _is_real(options.match_threshold) or not 0.0 < options.match_threshold <= 1.0:
+        # 0 would make every pair a match and fold the whole image into one box.
+        raise InvalidArgument(f"slicing.match_threshold must be in (0, 1], got {options.match_threshold!r}")
+    for name in ("full_image", "class_agnostic", "auto"):
+        if not isinstance(getattr(options, name), bool):
+            raise InvalidArgument(f"slicing.{name} must be a boolean, got {getattr(options, name)!r}")
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Planning
+# --------------------------------------------------------------------------------------------
+
+def axis_windows(length: int, size: int, overlap_ratio: float) -> list[tuple[int, int]]:
+    """(start, end) along one axis, SAHI's rule: step `size - int(ratio * size)`, last one flush."""
+    overlap = int(overlap_ratio * size)
+    spans: list[tuple[int, int]] = []
+    start = end = 0
+    while end < length:
+        end = start + size
+        if end > length:
+            end = length
+            start = max(0, end - size)
+        spans.append((start, end))
+        start = end - overlap
+    return spans
+
+
+def auto_slice_size(width: int, height: int, options: SliceOptions,
+                    model_input_hw: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) of the windows the automatic mode uses.
+
+    Start from the network's input size, so each window reaches the network without being
+    shrunk and a 10-pixel car stays 10 pixels. While that would take more than AUTO_MAX_SLICES
+    windows (a 4K frame on a 640 model), grow both sides by 25% at a time: a bounded cost per
+    image matters more to a server than the last bit of recall. A side never exceeds the image.
+    """
+    h, w = max(1, int(model_input_hw[0])), max(1, int(model_input_hw[1]))
+    while True:
+        sh, sw = min(h, height), min(w, width)
+        count = (len(axis_windows(height, sh, options.overlap_height_ratio))
+                 * len(axis_windows(width, sw, options.overlap_width_ratio)))
+        if count <= AUTO_MAX_SLICES or (sh == height and sw == width):
+            return sh, sw
+        h, w = math.ceil(h * AUTO_GROWTH), math.ceil(w * AUTO_GROWTH)
+
+
+def plan_slices(width: int, height: int, options: SliceOptions,
+                model_input_hw: tuple[int, int] | None) -> list[Window]:
+    """The windows to run, row by row, as (x1, y1, x2, y2) in image pixels.
+
+    A window side larger than the image is cut to the image. The full-image pass is not part of
+    the plan (`detect_sliced` adds it). Raises InvalidArgument when the plan exceeds MAX_SLICES.
+    """
+    if width <= 0 or height <= 0:
+        raise InvalidArgument(f"cannot slice an empty image ({width}x{height})")
+    if options.auto:
+        if model_input_hw is None:
+            raise InvalidArgument("slicing.auto needs a model with a fixed input size; give slice_height/width")
+        slice_h, slice_w = auto_slice_size(width, height, options, model_input_hw)
+    else:
+        slice_h, slice_w = options.slice_height, options.slice_width
+    rows = axis_windows(height, slice_h, options.overlap_height_ratio)
+    cols = axis_windows(width, slice_w, options.overlap_width_ratio)
+    if len(rows) * len(cols) > MAX_SLICES:
+        raise InvalidArgument(
+            f"slicing a {width}x{height} image into {slice_w}x{slice_h} windows takes "
+            f"{len(rows) * len(cols)} slices; at most {MAX_SLICES} are allowed, use larger slices")
+    return [(x1, y1, x2, y2) for y1, y2 in rows for x1, x2 in cols]
+
+
+# --------------------------------------------------------------------------------------------
+# Merging (SAHI 0.12.8's definitions)
+# --------------------------------------------------------------------------------------------
+
+def _score_order(rows: np.ndarray) -> np.ndarray:
+    """Score descending, ties by x1, y1, x2, y2 ascending: SAHI's deterministic order."""
+    return np.lexsort((rows[:, 5], rows[:, 4], rows[:, 3], rows[:, 2], -rows[:, 1]))
+
+
+def _metric_row(boxes: np.ndarray, areas: np.ndarray, i: int, metric: str) -> np.ndarray:
+    """IoU or IoS of box i against every box, in float32 like SAHI's matrix (0 where undefined).
+
+    Computed a row at a time so memory stays linear in the number of boxes.
+    """
+    inter_w = np.maximum(0, np.minimum(boxes[i, 2], boxes[:, 2]) - np.maximum(boxes[i, 0], boxes[:, 0]))
+    inter_h = np.maximum(0, np.minimum(boxes[i, 3], boxes[:, 3]) - np.maximum(boxes[i, 1], boxes[:, 1]))
+    inter = inter_w * inter_h
+    denominator = (areas[i] + areas) - inter if metric == "iou" else np.minimum(areas[i], areas)
+    out = np.zeros(len(boxes), dtype=np.float32)
+    np.divide(inter, denominator, out=out, where=denominator > 0)
+    return out
+
+
+def _pair_matches(a: Sequence[float], b: Sequence[float], metric: str, threshold: float) -> bool:
+    """The pairwise re-check SAHI makes while merging, in float64 on the (grown) keeper box."""
+    area_a = (a[2] - a[0]) * (a[3] - a[1])
+    area_b = (b[2] - b[0]) * (b[3] - b[1])
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    denominator = area_a + area_b - inter if metric == "iou" else min(area_a, area_b)
+    if denominator <= 0:  # SAHI divides and gets nan, which never matches
+        return False
+    return inter / denominator >= threshold
+
+
+def _nms(rows: np.ndarray, metric: str, threshold: float) -> list[tuple[int, list[int]]]:
+    boxes, areas = _boxes_and_areas(rows)
+    suppressed = np.zeros(len(rows), dtype=bool)
+    groups: list[tuple[int, list[int]]] = []
+    for i in _score_order(rows).tolist():
+        if suppressed[i]:
+            continue
+        groups.append((i, []))
+        suppressed |= _metric_row(boxes, areas, i, metric) >= np.float32(threshold)
+    return groups
+
+
+def _greedy_nmm(rows: np.ndarray, metric: str, threshold: float) -> list[tuple[int, list[int]]]:
+    """Each keeper takes the lower-ranked, unclaimed boxes that match it directly."""
+    boxes, areas = _boxes_and_areas(rows)
+    order = _score_order(rows)
+    rank = np.empty(len(rows), dtype=np.intp)
+    rank[order] = np.arange(len(rows))
+    claimed = np.zeros(len(rows), dtype=bool)
+    groups: list[tuple[int, list[int]]] = []
+    for position, i in enumerate(order.tolist()):
+        if claimed[i]:
+            continue
+        candidates = (rank > position) & ~claimed & (_metric_row(boxes, areas, i, metric) >= np.float32(threshold))
+        members = order[candidates[order]]  # in score order, as SAHI lists them
+        claimed[members] = True
+        groups.append((i, members.tolist()))
+    return groups
+
+
+def _nmm(rows: np.ndarray, metric: str, threshold: float) -> list[tuple[int, list[int]]]:
+    """Transitive merging: a box merged into a keeper brings along what it matches in turn.
+
+    A box may claim another that scores lower, or scores the same without sorting before it by
+    coordinates (SAHI's dominance rule); keepers are never claimed. Members are listed in the
+    order they were claimed, candidates of one box by ascending input index, as SAHI does.
+    """
+    boxes, areas = _boxes_and_areas(rows)
+    scores = rows[:, 1]
+    n = len(rows)
+    owner = np.full(n, -1, dtype=np.intp)
+    members_of: dict[int, list[int]] = {}
+    groups: list[tuple[int, list[int]]] = []
+    for i in _score_order(rows).tolist():
+        # coords(j) <= coords(i) lexicographically (x1, y1, x2, y2), i.e. not coords(i) < coords(j)
+        i_before_j = np.zeros(n, dtype=bool)
+        still_equal = np.ones(n, dtype=bool)
+        for c in range(4):
+            i_before_j |= still_equal & (boxes[i, c] < boxes[:, c])
+            still_equal &= boxes[i, c] == boxes[:, c]
+        dominated = (scores[i] > scores) | ((scores[i] == scores) & ~i_before_j)
+        dominated[i] = False
+        matched = np.flatnonzero(dominated & (_metric_row(boxes, areas, i, metric) >= np.float32(threshold)))
+        if owner[i] < 0:
+            owner[i] = i
+            members_of[i] = []
+            groups.append((i, members_of[i]))
+        keeper = int(owner[i])
+        for m in matched.tolist():
+            if owner[m] < 0:
+                members_of[keeper].append(m)
+                owner[m] = keeper
+    return groups
+
+
+_GROUPERS: dict[str, Callable[[np.ndarray, str, float], list[tuple[int, list[int]]]]] = {
+    "nms": _nms,
+    "greedynmm": _greedy_nmm,
+    "nmm": _nmm,
+}
+
+
+def _boxes_and_areas(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    boxes = rows[:, 2:6]
+    return boxes, (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+@dataclass(frozen=True)
+class MergedBox:
+    """One output box and the input rows it was made from (`keeper` first, then `members`)."""
+
+    row: np.ndarray  # float32 [cls, score, x1, y1, x2, y2]
+    keeper: int
+    members: tuple[int, ...]  # rows folded into it; NMS folds none (it only suppresses)
+
+
+def merge_boxes(rows: np.ndarray, method: str, metric: str, threshold: float,
+                class_agnostic: bool) -> list[MergedBox]:
+    """Merge raw rows by SAHI's rules; the result is in score order (ties by box, as `_score_order`).
+
+    NMS keeps the best box of each overlapping group. NMM and greedy NMM grow the keeper to the
+    union of its members, one member at a time, re-checking each member against the grown box
+    and dropping those that no longer match; the score is the highest and the class that of the
+    higher-scoring box (on a tie, the member's). Without `class_agnostic` each class is merged
+    on its own.
+    """
+    rows = np.asarray(rows, dtype=np.float32).reshape(-1, 6)
+    if method not in _GROUPERS:
+        raise InvalidArgument(f"slicing.merge must be one of {', '.join(MERGE_METHODS)}; got {method!r}")
+    if metric not in MATCH_METRICS:
+        raise InvalidArgument(f"slicing.match_metric must be one of {', '.join(MATCH_METRICS)}; got {metric!r}")
+    if class_agnostic:
+        subsets = [np.arange(len(rows))]
+    else:
+        subsets = [np.flatnonzero(rows[:, 0] == cls) for cls in np.unique(rows[:, 0])]
+    merged: list[MergedBox] = []
+    for index in subsets:
+        for keeper, members in _GROUPERS[method](rows[index], metric, threshold):
+            merged.append(_fold(rows, int(index[keeper]), [int(index[m]) for m in members], metric, threshold))
+    if merged:
+        keys = np.array([m.row for m in merged], dtype=np.float32)
+        merged = [merged[i] for i in _score_order(keys).tolist()]
+    return merged
+
+
+def _fold(rows: np.ndarray, keeper: int, members: list[int], metric: str, threshold: float) -> MergedBox:
+    cls, score = float(rows[keeper, 0]), float(rows[keeper, 1])
+    box = [float(v) for v in rows[keeper, 2:6]]
+    folded: list[int] = []
+    for m in members:
+        other = [float(v) for v in rows[m, 2:6]]
+        if not _pair_matches(box, other, metric, threshold):
+            continue  # SAHI drops such a member: it is neither merged nor kept
+        m_cls, m_score = float(rows[m, 0]), float(rows[m, 1])
+        cls = cls if score > m_score else m_cls
+        score = max(score, m_score)
+        box = [min(box[0], other[0]), min(box[1], other[1]), max(box[2], other[2]), max(box[3], other[3])]
+        folded.append(m)
+    return MergedBox(np.array([cls, score, *box], dtype=np.float32), keeper, tuple(folded))
+
+
+def merge_rows(rows: np.ndarray, options: SliceOptions) -> np.ndarray:
+    """Merged rows [M, 6] float32 with the options' method, metric, threshold and class rule."""
+    merged = merge_boxes(rows, options.merge, options.match_metric, options.match_threshold, options.class_agnostic)
+    if not merged:
+        return np.zeros((0, 6), dtype=np.float32)
+    return np.stack([m.row for m in merged]).astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Orchestration
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SlicedDetection:
+    rows: np.ndarray  # merged raw rows [M, 6] float32 in original-image pixels, before `finish`
+    slices_run: int  # crops sent to the model, the full-image pass included
+    windows: tuple[Window, ...]  # the crops in the order they were sent
+
+
+def to_image_rows(rows: np.ndarray, window: Window) -> np.ndarray:
+    """Clip a crop's rows to the crop, shift them into image pixels, drop empty boxes.
+
+    Clipping first keeps only what the crop saw; the part of a box beyond the crop border is the
+    network's guess, and leaving it would inflate areas and so the overlap used in merging.
+    """
+    x1, y1, x2, y2 = window
+    rows = np.array(rows, dtype=np.float32).reshape(-1, 6)
+    rows[:, 2] = np.clip(rows[:, 2], 0, x2 - x1) + x1
+    rows[:, 3] = np.clip(rows[:, 3], 0, y2 - y1) + y1
+    rows[:, 4] = np.clip(rows[:, 4], 0, x2 - x1) + x1
+    rows[:, 5] = np.clip(rows[:, 5], 0, y2 - y1) + y1
+    return rows[(rows[:, 4] > rows[:, 2]) & (rows[:, 5] > rows[:, 3])]
+
+
+def detect_sliced(image_bgr: np.ndarray, options: SliceOptions, model_input_hw: tuple[int, int] | None,
+                  run_batch: RunBatch, threshold: Threshold | None = None) -> SlicedDetection:
+    """Detect on every window of the plan (plus the whole image when asked) and merge.
+
+    `run_batch(crops)` gets all crops in one list (windows row by row, the whole image last) and
+    returns raw rows per crop in that crop's pixels; it decides how to batch them.
+
+    `threshold` is the request's resolved threshold, applied to each crop's rows before merging,
+    as SAHI applies its confidence threshold per slice: a box the user would not see must not
+    stretch or suppress one they will. Pass None to merge everything (e.g. for mAP); with NMM that
+    lets low-scoring boxes grow the kept ones, which is why SAHI falls back to NMS there.
+    """
+    height, width = image_bgr.shape[:2]
+    windows = plan_slices(width, height, options, model_input_hw)
+    whole: Window = (0, 0, width, height)
+    if options.full_image and whole not in windows:
+        windows.append(whole)
+    crops = [np.ascontiguousarray(image_bgr[y1:y2, x1:x2]) for x1, y1, x2, y2 in windows]
+    outputs = list(run_batch(crops))
+    if len(outputs) != len(crops):
+        raise ValueError(f"run_batch returned {len(outputs)} results for {len(crops)} crops")
+    parts = []
+    for rows, window in zip(outputs, windows, strict=True):
+        rows = to_image_rows(rows, window)
+        if threshold is not None:
+            rows = apply_threshold(rows, threshold)
+        parts.append(rows)
+    rows = np.concatenate(parts) if parts else np.zeros((0, 6), dtype=np.float32)
+    return SlicedDetection(rows=merge_rows(rows, options), slices_run=len(crops), windows=tuple(windows))
