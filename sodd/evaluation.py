@@ -13,6 +13,7 @@ import contextlib
 import copy
 import io
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-__all__ = ["CocoMetrics", "evaluate_coco"]
+__all__ = ["CocoMetrics", "class_names", "evaluate_coco"]
 
 # Order of COCOeval.stats for iouType "bbox".
 _STAT_NAMES = (
@@ -144,11 +145,18 @@ def _per_class(coco_gt: COCO, evaluator: COCOeval) -> tuple[dict[str, float], di
     precision = evaluator.eval["precision"]  # [iou, recall, category, area, maxDets]
     ap: dict[str, float] = {}
     ap50: dict[str, float] = {}
+    names = class_names({c: str(coco_gt.cats[c].get("name", c)) for c in evaluator.params.catIds})
     for k, cat_id in enumerate(evaluator.params.catIds):
-        name = str(coco_gt.cats[cat_id].get("name", cat_id))
+        name = names[cat_id]
         ap[name] = _mean_valid(precision[:, :, k, 0, -1])
         ap50[name] = _mean_valid(precision[0, :, k, 0, -1])
     return ap, ap50
+
+
+def class_names(categories: Mapping[int, str]) -> dict[int, str]:
+    """Category id -> the key of `per_class`: its name, with the id added when names clash."""
+    counts = Counter(categories.values())
+    return {c: name if counts[name] == 1 else f"{name} (id {c})" for c, name in categories.items()}
 
 
 def _mean_valid(values: np.ndarray) -> float:

@@ -125,6 +125,13 @@ def test_ground_truth_without_area_or_iscrowd() -> None:
     assert m.ap_small == pytest.approx(1.0) and m.ap_medium == pytest.approx(1.0)
 
 
+def test_clashing_category_names_stay_apart() -> None:
+    gt = _tiny_gt()
+    gt["categories"][1]["name"] = "car"
+    m = evaluate_coco(gt, [])
+    assert m.per_class == {"car (id 1)": 0.0, "car (id 2)": -1.0}
+
+
 def test_unknown_image_is_rejected() -> None:
     with pytest.raises(ValueError, match="image ids"):
         evaluate_coco(_tiny_gt(), [{"image_id": 7, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 1.0}])

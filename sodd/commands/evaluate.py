@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from sodd.datasets.check import write_result
-from sodd.datasets.coco import load_dataset
-from sodd.datasets.detections import DetectionError, Detector, class_to_category, run_detector
+from sodd.datasets.coco import SplitData, load_dataset
+from sodd.datasets.detections import DetectionError, DetectionRun, Detector, class_to_category, run_detector
 from sodd.datasets.errors import DatasetError
-from sodd.evaluation import CocoMetrics, evaluate_coco
+from sodd.evaluation import CocoMetrics, class_names, evaluate_coco
 
 RESULT_FILE = "evaluate_result.json"  # PaddleX's
 REPORT_FILE = "evaluate_report.json"
@@ -54,28 +54,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         dataset = load_dataset(args.dataset, splits=(args.split,))
-    except DatasetError as exc:
-        write_result(args.output / RESULT_FILE, {"done_flag": False, "err_type": exc.err_type, "err_msg": str(exc)})
-        print(f"evaluate failed ({exc.err_type}): {exc}", file=sys.stderr)
+        split = dataset.splits[args.split]
+        detections, detector = _detect(args, split, dataset.root)
+    except (DatasetError, DetectionError) as exc:
+        err_type = exc.err_type if isinstance(exc, DatasetError) else "DetectionError"
+        # PaddleX's failure record, so tools reading evaluate_result.json see the outcome either way.
+        write_result(args.output / RESULT_FILE, {"done_flag": False, "err_type": err_type, "err_msg": str(exc)})
+        print(f"evaluate failed ({err_type}): {exc}", file=sys.stderr)
         return 1
-    split = dataset.splits[args.split]
-
-    try:
-        detector = _open_detector(args)
-    except DetectionError as exc:
-        write_result(args.output / RESULT_FILE, {"done_flag": False, "err_type": "DetectionError", "err_msg": str(exc)})
-        print(f"evaluate failed: {exc}", file=sys.stderr)
-        return 1
-    try:
-        _warn_on_label_mismatch(detector, split.categories)
-        progress = _progress(args.no_progress, len(split.coco["images"]))
-        detections = run_detector(detector, split, dataset.root, progress)
-    except DetectionError as exc:
-        write_result(args.output / RESULT_FILE, {"done_flag": False, "err_type": "DetectionError", "err_msg": str(exc)})
-        print(f"evaluate failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        detector.close()
 
     metrics = evaluate_coco(split.coco, detections.results, max_dets=args.max_dets)
     gt_counts = Counter(ann["category_id"] for ann in split.coco["annotations"])
@@ -109,6 +95,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _detect(args: argparse.Namespace, split: SplitData, root: Path) -> tuple[DetectionRun, Detector]:
+    detector = _open_detector(args)
+    try:
+        _warn_on_label_mismatch(detector, split.categories)
+        progress = _progress(args.no_progress, len(split.coco["images"]))
+        return run_detector(detector, split, root, progress), detector
+    finally:
+        detector.close()
+
+
 def format_table(metrics: CocoMetrics, categories: dict[int, str], gt_counts: Counter[int]) -> str:
     def value(v: float) -> str:
         return "   n/a" if v < 0 else f"{v:6.4f}"  # -1: no ground truth in that range
@@ -129,9 +125,10 @@ def format_table(metrics: CocoMetrics, categories: dict[int, str], gt_counts: Co
     lines += ["", f"{'id':>4}  {'class':<{name_width}}  {'objects':>7}  {'AP':>6}  {'AP50':>6}"]
     lines.append(f"{'-' * 4}  {'-' * name_width}  {'-' * 7}  {'-' * 6}  {'-' * 6}")
     hidden = 0
+    keys = class_names(categories)
     for cat_id in sorted(categories):
         name = categories[cat_id]
-        ap, ap50 = metrics.per_class.get(name, -1.0), metrics.per_class_ap50.get(name, -1.0)
+        ap, ap50 = metrics.per_class.get(keys[cat_id], -1.0), metrics.per_class_ap50.get(keys[cat_id], -1.0)
         if not gt_counts.get(cat_id) and ap < 0:
             hidden += 1  # a category without objects has no AP; 80 such rows would hide the rest
             continue
