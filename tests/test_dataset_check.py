@@ -180,6 +180,12 @@ def _break_image_content(root: Path, files: dict[str, Any]) -> None:
     (root / "images" / "val1.jpg").write_bytes(b"not a jpeg")
 
 
+def _break_truncated_image(root: Path, files: dict[str, Any]) -> None:
+    path = root / "images" / "train1.jpg"
+    data = path.read_bytes()
+    path.write_bytes(data[: data.index(b"\xff\xda") + 16])  # cut after the start of scan: header intact, pixels not
+
+
 def _break_missing_annotation_file(root: Path, files: dict[str, Any]) -> None:
     (root / "annotations" / "instance_val.json").unlink()
 
@@ -225,6 +231,11 @@ BAD_CASES = {
         _break_image_content,
         "CheckFailedError",
         ["images/val1.jpg is not a readable image: it is annotations/instance_val.json: images[0] (id 3)"],
+    ),
+    "truncated image": (
+        _break_truncated_image,
+        "CheckFailedError",
+        ["images/train1.jpg cannot be decoded: it is annotations/instance_train.json: image id 1"],
     ),
     "missing annotation file": (
         _break_missing_annotation_file,

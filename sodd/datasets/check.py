@@ -11,7 +11,7 @@ from typing import Any
 from sodd.datasets.analysis import draw_histogram
 from sodd.datasets.coco import Dataset, load_dataset
 from sodd.datasets.drawing import draw_annotations
-from sodd.datasets.errors import DatasetError
+from sodd.datasets.errors import CheckFailedError, DatasetError
 from sodd.datasets.layout import image_path
 
 RESULT_FILE = "check_dataset_result.json"
@@ -79,7 +79,14 @@ def _draw_samples(dataset: Dataset, split_name: str, check_dir: Path, sample_num
     paths = []
     for img in split.coco["images"][:sample_num]:
         out = _inside(demo_dir, img["file_name"])
-        draw_annotations(image_path(dataset.root, img["file_name"]), by_image.get(img["id"], []), names, out)
+        source = image_path(dataset.root, img["file_name"])
+        try:
+            draw_annotations(source, by_image.get(img["id"], []), names, out)
+        except (OSError, SyntaxError, ValueError) as exc:  # a file whose header reads but whose pixels do not
+            raise CheckFailedError(
+                f"{source.relative_to(dataset.root).as_posix()} cannot be decoded: it is "
+                f"{split.path.relative_to(dataset.root).as_posix()}: image id {img['id']}: {exc}"
+            ) from exc
         paths.append(f"{CHECK_DIR}/{out.relative_to(check_dir).as_posix()}")
     return paths
 
