@@ -1,0 +1,239 @@
+"""Paddle Lite (device `arm`): the path for ARM edge boards, also runnable on x86 with target x86.
+
+Lite runs only its own `.nb` format, converted from a legacy `inference.pdmodel` by `Opt`. The
+conversion result is cached by content (see hw_plugins.artifact_cache), so only the first load of
+a model pays for it. A directory may instead carry a ready `inference.nb`, used as is.
+
+Lite 2.13 crashes the process instead of raising on some programs and on a `.nb` built for
+another target, so conversion and a first trial run of every new `.nb` happen in a child process.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from hw_plugins.artifact_cache import content_key, default_cache_root, publish, staging_dir
+from sodd.errors import FailedPrecondition, InvalidArgument
+from sodd.modeldir import ModelDir
+from sodd.plugin import DeviceInfo
+
+log = logging.getLogger(__name__)
+
+READY_NB = "inference.nb"  # a converted program shipped inside the model directory
+TARGETS = ("arm", "x86")
+POWER_MODES = {"high": "LITE_POWER_HIGH", "low": "LITE_POWER_LOW", "full": "LITE_POWER_FULL",
+               "no_bind": "LITE_POWER_NO_BIND", "rand_high": "LITE_POWER_RAND_HIGH",
+               "rand_low": "LITE_POWER_RAND_LOW"}
+OPTIONS = ("target", "cache_dir", "threads", "power_mode", "batch")
+CONVERT_TIMEOUT_S = 900
+_TOOL = f"{__name__}.tool"
+PIR_ONLY_HINT = (
+    "Paddle Lite reads only legacy programs (inference.pdmodel), and this directory holds only a PIR "
+    "program (inference.json). Re-export it with `sodd export` (it writes both programs), or export with "
+    "FLAGS_enable_pir_api=0 set before importing paddle (paddle <= 3.1.1; later releases cannot write "
+    f"legacy programs containing matmul), or put a converted {READY_NB} in the directory"
+)
+
+
+def machine_target() -> str | None:
+    """The Lite target whose kernels this machine can execute."""
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64"):
+        return "x86"
+    if machine in ("aarch64", "arm64") or machine.startswith("armv"):
+        return "arm"
+    return None
+
+
+def lite_version() -> str:
+    try:
+        return metadata.version("paddlelite")
+    except metadata.PackageNotFoundError:
+        return "unknown"  # a wheel built on the device may carry no metadata
+
+
+class LitePredictor:
+    """A `.nb` program under MobileConfig, inputs fed by name."""
+
+    def __init__(self, nb_file: Path, threads: int | None, power_mode: str | None, per_image: bool,
+                 notes: list[str]) -> None:
+        from paddlelite import lite
+
+        config = lite.MobileConfig()
+        config.set_model_from_file(str(nb_file))
+        # The x86 wheel's MobileConfig has neither setter; ARM builds have both.
+        for option, setter, value in (("threads", "set_threads", threads),
+                                      ("power_mode", "set_power_mode",
+                                       getattr(lite.PowerMode, POWER_MODES[power_mode]) if power_mode else None)):
+            if value is None:
+                continue
+            if hasattr(config, setter):
+                getattr(config, setter)(value)
+            else:
+                notes.append(f"{option} ignored: this Paddle Lite build cannot set it")
+        self._predictor = lite.create_paddle_predictor(config)
+        self._input_names = tuple(self._predictor.get_input_names())
+        self._output_names = tuple(self._predictor.get_output_names())
+        self._per_image = per_image
+        self._notes = notes
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return self._input_names
+
+    @property
+    def notes(self) -> str:
+        return "; ".join(self._notes)
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        batch = inputs[self._input_names[0]].shape[0]
+        if self._per_image or batch == 1:
+            return self._run_each(inputs, batch)
+        outputs = self._run_once(inputs)
+        if _counts_match(outputs, batch):
+            return outputs
+        # A Lite build that mishandles batches: remember it and run images one at a time.
+        self._per_image = True
+        self._notes.append("batches run one image at a time: this Paddle Lite build returned "
+                           f"counts {outputs[1].tolist() if len(outputs) > 1 else None} for a batch of {batch}")
+        log.warning("%s", self._notes[-1])
+        return self._run_each(inputs, batch)
+
+    def _run_once(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        for name in self._input_names:
+            self._predictor.get_input_by_name(name).from_numpy(np.ascontiguousarray(inputs[name]))
+        self._predictor.run()
+        return _no_boxes_as_empty([np.array(self._predictor.get_output_by_name(n).numpy(), copy=True)
+                                   for n in self._output_names])
+
+    def _run_each(self, inputs: Mapping[str, np.ndarray], batch: int) -> list[np.ndarray]:
+        """Every output concatenated along its first axis: box rows, then per-image counts."""
+        per_image = [self._run_once({n: inputs[n][i:i + 1] for n in self._input_names}) for i in range(batch)]
+        return [np.concatenate([outs[k] for outs in per_image]) for k in range(len(self._output_names))]
+
+    def close(self) -> None:
+        self._predictor = None
+
+
+def _counts_match(outputs: list[np.ndarray], batch: int) -> bool:
+    if len(outputs) < 2:
+        return True  # not a detector's signature; leave the judgement to the caller
+    counts = outputs[1]
+    return counts.shape == (batch,) and int(counts.sum()) == outputs[0].shape[0]
+
+
+def _no_boxes_as_empty(outputs: list[np.ndarray]) -> list[np.ndarray]:
+    """Lite's NMS may write one placeholder row when nothing is kept; the daemon expects [0, 6]."""
+    if len(outputs) >= 2 and outputs[1].size and int(outputs[1].sum()) == 0 and outputs[0].shape[0] != 0:
+        outputs[0] = np.zeros((0, 6), dtype=outputs[0].dtype)
+    return outputs
+
+
+def _run_tool(args: list[str], what: str, timeout: float = CONVERT_TIMEOUT_S) -> float:
+    started = time.perf_counter()
+    try:
+        result = subprocess.run([sys.executable, "-m", _TOOL, *args], capture_output=True, text=True,
+                                timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"Paddle Lite {what} took longer than {timeout:.0f} s") from exc
+    if result.returncode != 0:
+        tail = (result.stdout + result.stderr).strip()[-1500:]
+        if result.returncode < 0:
+            crash = signal.Signals(-result.returncode).name
+            raise RuntimeError(f"Paddle Lite crashed ({crash}) during {what}; Lite 2.13 does so on programs with "
+                               f"ops it cannot handle (e.g. flatten_contiguous_range) and on a .nb built for "
+                               f"another target. Output: {tail}")
+        raise RuntimeError(f"Paddle Lite {what} failed (exit {result.returncode}): {tail}")
+    return time.perf_counter() - started
+
+
+class ArmLitePlugin:
+    name = "arm"
+    device_types = ("arm",)
+
+    def probe(self) -> list[DeviceInfo]:
+        facts = {"machine": platform.machine()}
+        try:
+            from paddlelite import lite  # noqa: F401
+        except Exception as exc:  # noqa: BLE001 - any import failure makes the device unavailable
+            return [DeviceInfo("arm", False, f"paddlelite is not importable: {type(exc).__name__}: {exc}", facts)]
+        facts["paddlelite"] = lite_version()
+        target = machine_target()
+        if target is None:
+            return [DeviceInfo("arm", False, f"Paddle Lite has no target for a {platform.machine()} machine", facts)]
+        facts["target"] = target
+        if int(np.__version__.split(".")[0]) >= 2:
+            reason = f"Paddle Lite 2.13 returns garbage tensors with numpy {np.__version__}; install numpy<2"
+            return [DeviceInfo("arm", False, reason, facts)]
+        return [DeviceInfo("arm", True, "", facts)]
+
+    def load(self, model: ModelDir, device: str, options: Mapping[str, str]) -> LitePredictor:
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise InvalidArgument(f"device {device}: unknown option(s) {unknown}; the arm plugin takes {list(OPTIONS)}")
+        runnable = machine_target()
+        target = options.get("target", runnable or "arm")
+        if target not in TARGETS:
+            raise InvalidArgument(f"device {device}: target must be one of {list(TARGETS)}, got {target!r}")
+        if target != runnable:
+            raise FailedPrecondition(f"a Paddle Lite program for target {target} cannot run on this "
+                                     f"{platform.machine()} machine; use target={runnable}")
+        threads = _positive_int(options.get("threads"), "threads", device)
+        power_mode = options.get("power_mode")
+        if power_mode is not None and power_mode not in POWER_MODES:
+            raise InvalidArgument(f"device {device}: power_mode must be one of {sorted(POWER_MODES)}")
+        batch = options.get("batch", "native")
+        if batch not in ("native", "one"):
+            raise InvalidArgument(f"device {device}: batch must be 'native' or 'one', got {batch!r}")
+        cache_dir = Path(options["cache_dir"]) if options.get("cache_dir") else default_cache_root() / "lite"
+
+        nb_file, notes = self._program(model, target, cache_dir)
+        return LitePredictor(nb_file, threads, power_mode, batch == "one", notes)
+
+    def _program(self, model: ModelDir, target: str, cache_dir: Path) -> tuple[Path, list[str]]:
+        """The `.nb` to run: the directory's own, a cached conversion, or a fresh one."""
+        h, w = model.input_size or (640, 640)
+        ready = model.path / READY_NB
+        if ready.is_file():
+            _run_tool(["trial", str(ready), str(h), str(w)], f"a trial run of {ready}")
+            return ready, [f"Paddle Lite program {ready} from the model directory"]
+        if model.legacy_model_file is None:
+            raise FailedPrecondition(f"model {model.path} cannot run on Paddle Lite: {PIR_ONLY_HINT}")
+        key = content_key([model.legacy_model_file, model.params_file],
+                          {"target": target, "paddlelite": lite_version()})
+        nb_file = cache_dir / f"{target}-{key[:32]}.nb"
+        if nb_file.is_file():
+            log.info("model %s: Paddle Lite program from the cache: %s", model.path, nb_file)
+            return nb_file, [f"Paddle Lite {target} program from the cache ({nb_file})"]
+        with staging_dir(cache_dir) as staging:
+            prefix = staging / "model"
+            seconds = _run_tool(["convert", str(model.legacy_model_file), str(model.params_file), target,
+                                 str(prefix)], f"conversion of {model.legacy_model_file}")
+            staged = prefix.with_suffix(".nb")
+            _run_tool(["trial", str(staged), str(h), str(w)], f"a trial run of the program converted from {model.path}")
+            publish(staged, nb_file)
+        log.info("model %s: converted to a Paddle Lite %s program in %.1f s, cached as %s",
+                 model.path, target, seconds, nb_file)
+        return nb_file, [f"Paddle Lite {target} program converted in {seconds:.1f} s, cached ({nb_file})"]
+
+    def close(self) -> None:
+        pass
+
+
+def _positive_int(value: str | None, name: str, device: str) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise InvalidArgument(f"device {device}: {name} must be a positive integer, got {value!r}")
+    return int(value)
+

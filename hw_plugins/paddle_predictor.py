@@ -1,0 +1,44 @@
+"""A Paddle Inference predictor behind the plugin interface, for the plugins that build a
+`paddle.inference.Config` of their own (gpu, npu): they differ in the config, not in running it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+
+class PaddlePredictor:
+    def __init__(self, config: object, notes: str = "") -> None:
+        from paddle import inference
+
+        self._predictor = inference.create_predictor(config)
+        self._input_names = tuple(self._predictor.get_input_names())
+        self._output_names = tuple(self._predictor.get_output_names())
+        self._notes = notes
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return self._input_names
+
+    @property
+    def notes(self) -> str:
+        return self._notes
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        for name in self._input_names:
+            handle = self._predictor.get_input_handle(name)
+            array = np.ascontiguousarray(inputs[name])
+            handle.reshape(array.shape)
+            handle.copy_from_cpu(array)
+        self._predictor.run()
+        return [self._predictor.get_output_handle(n).copy_to_cpu() for n in self._output_names]
+
+    def close(self) -> None:
+        self._predictor = None
+
+
+def device_index(device: str) -> int:
+    """`gpu` -> 0, `gpu:3` -> 3: a bare type means its first device."""
+    _, _, index = device.partition(":")
+    return int(index) if index else 0
