@@ -58,6 +58,10 @@ class ModelRegistry:
         plugin = self.plugin_for(device)
         infos = {info.device: info for info in plugin.probe()}
         info = infos.get(device.name) or (infos.get(device.type) if device.index is None else None)
+        if info is None and device.index is None:
+            info = infos.get(f"{device.type}:0")  # a bare type means its first device: "gpu" is "gpu:0"
+        if info is None and device.type in infos and not infos[device.type].available:
+            info = infos[device.type]  # the plugin says the whole type is unavailable, and why
         if info is None:
             raise FailedPrecondition(f"device {device.name} does not exist (plugin {plugin.name} has {sorted(infos)})")
         if not info.available:
