@@ -13,7 +13,8 @@ import numpy as np
 from sodd import pipeline
 from sodd.config import ModelConfig
 from sodd.devices import parse_devices
-from sodd.model.postprocess import Box, Threshold, resolve_threshold
+from sodd.model.postprocess import Box, Threshold, finish, resolve_threshold, split_per_image
+from sodd.model.slicing import SliceOptions, detect_sliced
 from sodd.plugin import discover_plugins
 from sodd.registry import ModelRegistry
 
@@ -45,6 +46,27 @@ class LocalDetector:
 
     def detect(self, image_bgr: np.ndarray, threshold: Threshold | None = None, max_detections: int = 0) -> list[Box]:
         return self.detect_batch([image_bgr], threshold, max_detections)[0]
+
+    def detect_sliced(self, image_bgr: np.ndarray, options: SliceOptions,
+                      threshold: Threshold | None = None) -> tuple[list[Box], int]:
+        """Sliced detection: boxes as `detect` returns them, and how many crops the model ran."""
+        model_dir = self.served.model_dir
+        resolved = resolve_threshold(threshold, None, model_dir.draw_threshold)
+
+        def raw_rows(crops: list[np.ndarray]) -> list[np.ndarray]:
+            # The network's rows before any threshold, per crop and in that crop's pixels.
+            prepared = pipeline.prepare_images(model_dir, crops)
+            rows: list[np.ndarray] = []
+            for run in pipeline.same_shape_runs(prepared, self.served.config.max_batch_size):
+                chunk = [prepared[i] for i in run]
+                outputs = self.served.runner.run_sync(
+                    pipeline.network_inputs(chunk, self.served.runner.predictor.input_names)).outputs
+                rows.extend(split_per_image(outputs[0], outputs[1]))
+            return rows
+
+        result = detect_sliced(image_bgr, options, model_dir.input_size, raw_rows, resolved)
+        height, width = image_bgr.shape[:2]
+        return finish(result.rows, resolved, model_dir.label_list, width, height), result.slices_run
 
     def close(self) -> None:
         self._registry.close()

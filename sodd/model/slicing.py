@@ -37,14 +37,17 @@ MATCH_METRICS: tuple[str, ...] = ("iou", "ios")
 # tying a device up for minutes.
 MAX_SLICES = 256
 MIN_SLICE_SIZE = 32
-# The automatic mode grows its windows until the plan needs at most this many.
+# The automatic mode grows its windows until the plan needs at most this many (see auto_slice_size).
 AUTO_MAX_SLICES = 32
 AUTO_GROWTH = 1.25
 
 
 @dataclass(frozen=True)
 class SliceOptions:
-    """How one request is sliced and merged. Defaults are SAHI's, with PaddleDetection's overlap.
+    """How one request is sliced and merged.
+
+    Defaults: PaddleDetection's overlap (0.25) and merge (NMS), SAHI's match rule (IoS >= 0.5);
+    NMS keeps the network's own boxes, which measured best (docs/slicing.md).
 
     `auto` picks the window size (see `auto_slice_size`); the explicit sizes must then be 0.
     """
@@ -54,7 +57,7 @@ class SliceOptions:
     overlap_height_ratio: float = 0.25
     overlap_width_ratio: float = 0.25
     full_image: bool = True
-    merge: MergeMethod = "greedynmm"
+    merge: MergeMethod = "nms"
     match_metric: MatchMetric = "ios"
     match_threshold: float = 0.5
     class_agnostic: bool = False
@@ -118,21 +121,37 @@ def axis_windows(length: int, size: int, overlap_ratio: float) -> list[tuple[int
 
 def auto_slice_size(width: int, height: int, options: SliceOptions,
                     model_input_hw: tuple[int, int]) -> tuple[int, int]:
-    """(h, w) of the windows the automatic mode uses.
+    """(h, w) of the windows the automatic mode uses, for the options' overlap ratios.
 
-    Start from the network's input size, so each window reaches the network without being
-    shrunk and a 10-pixel car stays 10 pixels. While that would take more than AUTO_MAX_SLICES
-    windows (a 4K frame on a 640 model), grow both sides by 25% at a time: a bounded cost per
-    image matters more to a server than the last bit of recall. A side never exceeds the image.
+    1. Start from the network's input size: a window that size reaches the network unshrunk.
+       While that takes more than AUTO_MAX_SLICES windows (a 4K frame on a 640 model), grow
+       both sides by 25% at a time: a bounded cost per image matters more to a server.
+    2. Shrink the windows as far as the same number of windows still covers the image, one
+       scale for both sides so the network sees undistorted objects. Same number of network
+       runs, but the last window is no longer pushed back over its neighbour, and every object
+       is enlarged by the network's resize instead (small objects gain the most).
+    A side never exceeds the image: an image no larger than the input is one window.
     """
-    h, w = max(1, int(model_input_hw[0])), max(1, int(model_input_hw[1]))
+    in_h, in_w = max(1, int(model_input_hw[0])), max(1, int(model_input_hw[1]))
+    r_h, r_w = options.overlap_height_ratio, options.overlap_width_ratio
+    grow = 1.0
     while True:
-        sh, sw = min(h, height), min(w, width)
-        count = (len(axis_windows(height, sh, options.overlap_height_ratio))
-                 * len(axis_windows(width, sw, options.overlap_width_ratio)))
-        if count <= AUTO_MAX_SLICES or (sh == height and sw == width):
-            return sh, sw
-        h, w = math.ceil(h * AUTO_GROWTH), math.ceil(w * AUTO_GROWTH)
+        base_h, base_w = math.ceil(in_h * grow), math.ceil(in_w * grow)
+        n_h = len(axis_windows(height, min(base_h, height), r_h))
+        n_w = len(axis_windows(width, min(base_w, width), r_w))
+        if n_h * n_w <= AUTO_MAX_SLICES or (base_h >= height and base_w >= width):
+            break
+        grow *= AUTO_GROWTH
+    scale = max(_smallest_cover(height, min(base_h, height), r_h, n_h) / base_h,
+                _smallest_cover(width, min(base_w, width), r_w, n_w) / base_w)
+    return min(height, math.ceil(base_h * scale)), min(width, math.ceil(base_w * scale))
+
+
+def _smallest_cover(length: int, size: int, overlap_ratio: float, count: int) -> int:
+    """The smallest window side, at most `size`, that covers `length` in at most `count` windows."""
+    while size > MIN_SLICE_SIZE and len(axis_windows(length, size - 1, overlap_ratio)) <= count:
+        size -= 1
+    return size
 
 
 def plan_slices(width: int, height: int, options: SliceOptions,
