@@ -1,0 +1,378 @@
+"""Prometheus metrics: the series the daemon exports, the interceptor that observes each request,
+and the HTTP endpoint Prometheus scrapes.
+
+Each daemon owns its own `CollectorRegistry` rather than prometheus-client's global one, so several
+daemons (or tests) can live in one process without "duplicated timeseries" errors. Labels are kept
+to the served model (model, version, device) plus a gRPC method and code or a stage: all bounded
+by configuration, never by what a client sends. docs/metrics.md lists every series and why the
+buckets are where they are.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import platform
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import prometheus_client
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from sodd.logs import log_request
+from sodd.registry import ModelEvent, ModelRegistry, ModelState, ServedModel
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+log = logging.getLogger(__name__)
+
+# Seconds. Edge latencies span four orders of magnitude: decode and postprocess of a small image take
+# about a millisecond, a 320 px model on an NPU 5-20 ms, PP-YOLOE+ SOD on an ARM CPU a few seconds,
+# and a sliced 8K image tens of seconds. Steps of 2-2.5x keep the interpolation error of
+# histogram_quantile under one step everywhere; 30 s is where client deadlines have long expired.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Images per predictor run: batches are limited by max_batch_size (8 by default), powers of two
+# match how operators choose it.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# Boxes kept per image: small-object scenes (aerial, VisDrone) hold hundreds of objects, and
+# PaddleX's NMS keeps at most a few hundred per image.
+DETECTION_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+# Pixels (the base unit; a megapixel is 1e6). Each edge sits just above a common frame size so each
+# lands in its own bucket: 320x320 model inputs, VGA, 720p, 1080p, 5 MP, 4K UHD, 12 MP, 20 MP,
+# 8K UHD, and the default 50 MP limit.
+PIXEL_BUCKETS = (1.1e5, 3.1e5, 9.3e5, 2.1e6, 5.1e6, 8.3e6, 1.25e7, 2.0e7, 3.32e7, 5.0e7)
+# Seconds to load or swap a model: a CPU program loads in under a second, a TensorRT engine build
+# takes minutes.
+LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+# The request stages that the response's StageTimings carry, by the field that holds each.
+STAGE_FIELDS = {
+    "decode": "decode_seconds",
+    "preprocess": "preprocess_seconds",
+    "queue_wait": "queue_seconds",
+    "inference": "inference_seconds",
+    "postprocess": "postprocess_seconds",
+    # Sliced inference: observed once StageTimings carries these fields and a request is sliced.
+    "slicing": "slicing_seconds",
+    "merging": "merging_seconds",
+}
+# Stages that run once per request; the others run once per predictor batch.
+PER_REQUEST_STAGES = ("decode", "preprocess", "slicing", "merging")
+# Stages every request goes through: their series exist from start-up so rate() has a zero to
+# start from.
+ALWAYS_STAGES = ("decode", "preprocess", "queue_wait", "inference", "postprocess")
+
+# The label value for a request whose model or version is not served: a client-chosen name must
+# never become a label value.
+UNKNOWN = "unknown"
+MODEL_LABELS = ("model", "version", "device")
+DETECT_METHODS = {"/sodd.v1.Detector/Detect": "Detect", "/sodd.v1.Detector/DetectBatch": "DetectBatch"}
+
+
+def _package_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+class Metrics:
+    """Every series of one daemon, in its own registry."""
+
+    def __init__(self) -> None:
+        # `_created` series double the sample count for nothing an edge operator queries.
+        prometheus_client.disable_created_metrics()
+        self.registry = CollectorRegistry()
+        r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        request_labels = (*MODEL_LABELS, "method", "code")
+        self.requests = Counter("sodd_requests", "Detection requests answered, by gRPC status code.",
+                                request_labels, registry=r)
+        self.request_duration = Histogram(
+            "sodd_request_duration_seconds", "Time from receiving a detection request to its answer, "
+            "by gRPC status code.", request_labels, buckets=LATENCY_BUCKETS, registry=r)
+        self.in_flight = Gauge("sodd_requests_in_flight", "Detection requests being handled now.",
+                               MODEL_LABELS, registry=r)
+        self.stage_duration = Histogram(
+            "sodd_stage_duration_seconds", "Time spent in one stage: decode, preprocess, queue_wait, "
+            "inference, postprocess, slicing, merging.", (*MODEL_LABELS, "stage"), buckets=LATENCY_BUCKETS,
+            registry=r)
+        self.batch_size = Histogram("sodd_batch_size", "Images per predictor run.", MODEL_LABELS,
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.detections = Histogram("sodd_detections_per_image", "Boxes returned per image.", MODEL_LABELS,
+                                    buckets=DETECTION_BUCKETS, registry=r)
+        self.input_pixels = Histogram("sodd_input_pixels", "Decoded input image size in pixels "
+                                      "(width times height).", MODEL_LABELS, buckets=PIXEL_BUCKETS, registry=r)
+        self.load_duration = Histogram("sodd_model_load_duration_seconds", "Time to load, warm up and publish "
+                                       "a model that was not serving yet.", MODEL_LABELS, buckets=LOAD_BUCKETS,
+                                       registry=r)
+        self.load_failures = Counter("sodd_model_load_failures", "Model versions that could not be loaded on any "
+                                     "of their devices.", MODEL_LABELS, registry=r)
+        self.swap_duration = Histogram("sodd_model_swap_duration_seconds", "Time to load, warm up and publish "
+                                       "a version while the model serves, labelled with that version.", MODEL_LABELS,
+                                       buckets=LOAD_BUCKETS, registry=r)
+        self.swap_failures = Counter("sodd_model_swap_failures", "Swaps that failed and left the old version "
+                                     "serving, labelled with the version that failed.", MODEL_LABELS, registry=r)
+        build = Info("sodd_build", "The daemon's version and its main runtime components.", registry=r)
+        build.info({"version": _package_version("sodd"), "python": platform.python_version(),
+                    "grpcio": _package_version("grpcio"), "paddlepaddle": _package_version("paddlepaddle")})
+
+    def watch(self, registry: ModelRegistry) -> None:
+        """Follow a registry: queue depth and model info are read from it at each scrape, and its
+        model events drive the load and swap series. Call before it loads anything."""
+        self.registry.register(_ServedModelsCollector(registry.models))
+        registry.add_listener(_ModelLifecycle(self, registry))
+
+    def model_ready(self, served: ServedModel) -> None:
+        labels = (served.name, str(served.version), served.device)
+        # Series that exist from the start let rate() and alerts see the first request.
+        self.in_flight.labels(*labels)
+        for method in DETECT_METHODS.values():
+            self.requests.labels(*labels, method, grpc.StatusCode.OK.name)
+            self.request_duration.labels(*labels, method, grpc.StatusCode.OK.name)
+        for stage in ALWAYS_STAGES:
+            self.stage_duration.labels(*labels, stage)
+        for family in (self.detections, self.input_pixels):
+            family.labels(*labels)
+        # Attached once warm-up is over, so warm-up runs are not counted as batches.
+        served.runner.observe_batch = self.batch_size.labels(*labels).observe
+
+    def observe_stage(self, name: str, version: int, device: str, stage: str, seconds: float) -> None:
+        """For stages measured outside a response's StageTimings."""
+        self.stage_duration.labels(name, str(version), device, stage).observe(seconds)
+
+
+class _ModelLifecycle:
+    """Turns registry events into load and swap series. A load that starts while any version of the
+    model serves (a newer version, or the same one re-read after its files changed) is a swap."""
+
+    def __init__(self, metrics: Metrics, registry: ModelRegistry) -> None:
+        self._metrics = metrics
+        self._registry = registry
+        self._lock = threading.Lock()
+        self._loading: dict[tuple[str, int], tuple[float, bool]] = {}
+
+    def __call__(self, event: ModelEvent) -> None:
+        key = (event.name, event.version)
+        m = self._metrics
+        if event.state is ModelState.LOADING:
+            with self._lock:
+                self._loading[key] = (time.perf_counter(), bool(self._registry.versions(event.name)))
+            return
+        if event.state not in (ModelState.READY, ModelState.FAILED):
+            return
+        with self._lock:
+            started, swap = self._loading.pop(key, (None, bool(self._registry.versions(event.name))))
+        labels = (event.name, str(event.version), event.device or UNKNOWN)
+        if event.state is ModelState.FAILED:
+            (m.swap_failures if swap else m.load_failures).labels(*labels).inc()
+            return
+        if started is not None:
+            (m.swap_duration if swap else m.load_duration).labels(*labels).observe(time.perf_counter() - started)
+        served = self._registry.versions(event.name).get(event.version)
+        if served is not None:
+            m.model_ready(served)
+
+
+class _ServedModelsCollector(Collector):
+    def __init__(self, models: Callable[[], Iterable[ServedModel]]) -> None:
+        self._models = models
+
+    def _families(self) -> tuple[InfoMetricFamily, GaugeMetricFamily]:
+        info = InfoMetricFamily("sodd_model", "A served model: its directory, PaddleX model name and program "
+                                "format.", labels=MODEL_LABELS)
+        depth = GaugeMetricFamily("sodd_queue_depth", "Requests admitted to a model's predictor queue, "
+                                  "waiting or running.", labels=MODEL_LABELS)
+        return info, depth
+
+    def describe(self) -> Iterator[Metric]:
+        # Names only: the registry checks for duplicates without calling the registry at start-up.
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        info, depth = self._families()
+        for served in self._models():
+            labels = (served.name, str(served.version), served.device)
+            info.add_metric(labels, {"model_name": served.model_dir.model_name,
+                                     "program_format": served.model_dir.program_format,
+                                     "directory": str(served.model_dir.path)})
+            depth.add_metric(labels, served.runner.pending)
+        yield info
+        yield depth
+
+
+@dataclass
+class _Outcome:
+    labels: tuple[str, str, str]
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    response: Any = None
+    error: str = ""
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Observes every Detect and DetectBatch call from outside the service: its final status code,
+    its latency, and the per-stage timings, model, version and device the response carries. It also
+    gives each request an id before the service sees it, so the id the client gets back, the
+    service's own log lines and the request log line all agree."""
+
+    def __init__(self, metrics: Metrics, registry: ModelRegistry) -> None:
+        self._metrics = metrics
+        self._registry = registry
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
+                                handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = DETECT_METHODS.get(handler_call_details.method)
+        if handler is None or method is None or handler.unary_unary is None:
+            return handler
+        behaviour = handler.unary_unary
+
+        async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await self._observe(method, behaviour, request, context)
+
+        return grpc.unary_unary_rpc_method_handler(observed, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
+
+    def _labels(self, request: Any) -> tuple[str, str, str]:
+        """The model a request will run on, resolved as the service will resolve it."""
+        try:
+            served = self._registry.get(request.model, request.version)
+            return served.name, str(served.version), served.device
+        except Exception:  # noqa: BLE001 - not served: the service answers NOT_FOUND
+            pass
+        try:  # a served model asked for a version it does not have
+            served = self._registry.get(request.model)
+            return served.name, UNKNOWN, served.device
+        except Exception:  # noqa: BLE001
+            return UNKNOWN, UNKNOWN, UNKNOWN
+
+    async def _observe(self, method: str, behaviour: Callable[..., Any], request: Any,
+                       context: grpc.aio.ServicerContext) -> Any:
+        if not request.request_id:
+            request.request_id = uuid.uuid4().hex
+        outcome = _Outcome(self._labels(request))
+        in_flight = self._metrics.in_flight.labels(*outcome.labels)
+        in_flight.inc()
+        started = time.perf_counter()
+        try:
+            result = behaviour(request, context)
+            outcome.response = await result if inspect.isawaitable(result) else result
+            outcome.code = context.code() or grpc.StatusCode.OK
+            return outcome.response
+        except grpc.aio.AbortError:
+            outcome.code = context.code() or grpc.StatusCode.UNKNOWN
+            outcome.error = context.details() or ""
+            raise
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                outcome.error = f"{type(exc).__name__}: {exc}"
+            else:  # cancelled by the client or by its deadline
+                remaining = context.time_remaining()
+                expired = remaining is not None and remaining <= 0
+                outcome.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            in_flight.dec()
+            try:
+                self._record(method, request, outcome, time.perf_counter() - started)
+            except Exception:  # a metrics bug must not turn an answer into an error
+                log.exception("recording metrics for %s failed", method)
+
+    def _record(self, method: str, request: Any, outcome: _Outcome, seconds: float) -> None:
+        results = []
+        if outcome.response is not None and outcome.code == grpc.StatusCode.OK:
+            results = list(outcome.response.results) if method == "DetectBatch" else [outcome.response]
+        labels = outcome.labels
+        if results:  # the response names what actually ran
+            first = results[0]
+            labels = (first.model, str(first.version), first.device)
+        m = self._metrics
+        code = outcome.code.name
+        m.requests.labels(*labels, method, code).inc()
+        m.request_duration.labels(*labels, method, code).observe(seconds)
+        self._record_results(labels, results)
+        log_request({
+            "method": method, "request_id": request.request_id, "model": labels[0], "version": labels[1],
+            "device": labels[2], "code": code, "latency_seconds": seconds, "images": len(results),
+            "detections": sum(len(r.boxes) for r in results), **({"error": outcome.error} if outcome.error else {}),
+        })
+
+    def _record_results(self, labels: tuple[str, str, str], results: list[Any]) -> None:
+        if not results:
+            return
+        m = self._metrics
+        for r in results:
+            m.detections.labels(*labels).observe(len(r.boxes))
+            m.input_pixels.labels(*labels).observe(r.image_width * r.image_height)
+        # A batch request repeats its per-request stage times in every result, and the times of a
+        # predictor run in every image of that run: observe each stage once per time it ran.
+        present = {f.name for f in results[0].timings.DESCRIPTOR.fields}
+        per_request = [(s, f) for s, f in STAGE_FIELDS.items() if f in present and s in PER_REQUEST_STAGES]
+        per_run = [(s, f) for s, f in STAGE_FIELDS.items() if f in present and s not in PER_REQUEST_STAGES]
+        for stage, field in per_request:
+            self._observe_stage(labels, stage, getattr(results[0].timings, field))
+        seen_runs: set[tuple[float, ...]] = set()
+        for r in results:
+            run = tuple(getattr(r.timings, field) for _, field in per_run)
+            if run not in seen_runs:
+                seen_runs.add(run)
+                for (stage, _), value in zip(per_run, run, strict=True):
+                    self._observe_stage(labels, stage, value)
+
+    def _observe_stage(self, labels: tuple[str, str, str], stage: str, value: float) -> None:
+        if stage not in ALWAYS_STAGES and not value:
+            return  # slicing and merging only when the request used them
+        if math.isfinite(value) and value >= 0:
+            self._metrics.stage_duration.labels(*labels, stage).observe(value)
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """HOST:PORT, with [v6] brackets, into a host and a port."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"metrics address {listen!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class MetricsEndpoint:
+    """prometheus-client's threaded HTTP server: scrapes never wait on the asyncio loop, so a
+    busy daemon still answers Prometheus."""
+
+    def __init__(self, listen: str, registry: CollectorRegistry) -> None:
+        host, port = split_listen(listen)
+        self._server: WSGIServer
+        self._server, self._thread = start_http_server(port, host, registry)
+        self.host = host
+        self.port: int = self._server.server_port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
