@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -30,6 +30,8 @@ class RunResult:
 class ModelRunner:
     def __init__(self, predictor: Predictor, max_pending: int, name: str) -> None:
         self.predictor = predictor
+        # Told the number of images in each predictor run (metrics set it once the model serves).
+        self.observe_batch: Callable[[int], None] | None = None
         self.max_pending = max_pending
         self._pending = 0
         self._lock = threading.Lock()
@@ -54,6 +56,8 @@ class ModelRunner:
     def _timed_run(self, inputs: Mapping[str, np.ndarray], submitted: float) -> RunResult:
         started = time.perf_counter()
         outputs = self.predictor.run(inputs)
+        if self.observe_batch is not None and inputs:
+            self.observe_batch(len(next(iter(inputs.values()))))
         return RunResult(outputs, started - submitted, time.perf_counter() - started)
 
     async def run(self, inputs: Mapping[str, np.ndarray]) -> RunResult:

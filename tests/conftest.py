@@ -99,7 +99,9 @@ class Daemon:
 
 def start_daemon(args: list[str], log_path: Path, timeout: float = 120.0) -> Daemon:
     """Start `sodd serve` on a free loopback port and wait until it says it listens."""
-    cmd = [sys.executable, "-m", "sodd.cli", "serve", "--listen", "127.0.0.1:0", "--threads", "2", *args]
+    # Port 0 for metrics too, so test daemons never fight over the default 9464.
+    cmd = [sys.executable, "-m", "sodd.cli", "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+           "--threads", "2", *args]
     with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
         process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO)
     deadline = time.monotonic() + timeout
