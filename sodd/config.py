@@ -46,6 +46,10 @@ class ServeConfig:
     preprocess_workers: int = 2
     # Threads each CPU predictor may use; None lets the plugin choose (all cores).
     cpu_threads: int | None = None
+    # Prometheus endpoint, HOST:PORT; loopback unless the operator opens it. Empty turns it off.
+    metrics_listen: str = "127.0.0.1:9464"
+    # "text" (journald adds the time) or "json" (one object per line, for log shippers).
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -59,6 +63,11 @@ class ServeConfig:
             raise ValueError("max_message_bytes must be at least 1024")
         if self.max_pending < 1 or self.preprocess_workers < 1:
             raise ValueError("max_pending and preprocess_workers must be at least 1")
+        host_port = self.metrics_listen.rpartition(":")
+        if self.metrics_listen and not (host_port[1] and host_port[2].isdigit() and int(host_port[2]) < 65536):
+            raise ValueError(f"metrics_listen {self.metrics_listen!r} must be HOST:PORT (or empty to turn it off)")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format must be text or json, got {self.log_format!r}")
 
     @property
     def max_pixels(self) -> int:

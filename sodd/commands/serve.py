@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from pathlib import Path
 
 from sodd.config import DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME, ModelConfig, ServeConfig
 from sodd.devices import parse_devices
 from sodd.errors import SoddError
+from sodd.logs import setup_logging
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -38,7 +38,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-image-megapixels", type=float, default=50.0)
     p.add_argument("--max-message-mb", type=float, default=64.0)
     p.add_argument("--max-pending", type=int, default=64, help="requests that may wait per model")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO", help="DEBUG adds one line per answered request")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="text (journald adds time stamps) or json lines (default text)")
+    p.add_argument("--metrics-listen", default="127.0.0.1:9464", metavar="HOST:PORT",
+                   help="Prometheus /metrics endpoint (default 127.0.0.1:9464; port 0 picks one, empty turns it off)")
     p.set_defaults(func=run)
 
 
@@ -64,11 +68,13 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         max_pending=args.max_pending,
         cpu_threads=args.threads,
+        metrics_listen=args.metrics_listen,
+        log_format=args.log_format,
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level, args.log_format)
     try:
         config = build_config(args)
     except (ValueError, SoddError) as exc:
