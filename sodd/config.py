@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sodd.devices import DeviceSpec, parse_devices
+from sodd.repository import VersionPolicy
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
 DEFAULT_MODEL_NAME = "default"
@@ -23,6 +24,8 @@ class ModelConfig:
     # The daemon-level threshold for this model; None falls back to draw_threshold, then 0.5.
     threshold: float | None = None
     max_batch_size: int = 8
+    # Which complete versions of the model's directory to serve.
+    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name in (".", ".."):
@@ -46,14 +49,39 @@ class ServeConfig:
     preprocess_workers: int = 2
     # Threads each CPU predictor may use; None lets the plugin choose (all cores).
     cpu_threads: int | None = None
+    # A directory of <model name>/<version>/ PaddleX directories, all served and watched.
+    model_repository: Path | None = None
+    # Device list, policy, threshold and batch size for repository models (name and path are ignored).
+    repository_defaults: ModelConfig = field(
+        default_factory=lambda: ModelConfig(name="repository-defaults", path=Path(".")))
+    # A version directory loads once no file in it changed for this long (see sodd.repository).
+    settle_seconds: float = 2.0
+    # File-system events closer together than this trigger one reload.
+    debounce_seconds: float = 0.5
+    # Poll the model directories instead of using inotify (network file systems, containers).
+    poll_files: bool = False
     # Prometheus endpoint, HOST:PORT; loopback unless the operator opens it. Empty turns it off.
     metrics_listen: str = "127.0.0.1:9464"
     # "text" (journald adds the time) or "json" (one object per line, for log shippers).
     log_format: str = "text"
+    # Local clients: a Unix domain socket (e.g. /run/sodd/sodd.sock), its mode and owner (user/group name or id).
+    unix_socket: Path | None = None
+    unix_socket_mode: int = 0o660
+    unix_socket_owner: str | None = None
+    unix_socket_group: str | None = None
+    # TLS on the TCP listener; with tls_client_ca, clients must present a certificate that CA signed.
+    # The files are re-read on SIGHUP.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # Bearer tokens and the models each may use (see sodd.auth); None serves anyone who can connect.
+    tokens_file: Path | None = None
+    # On SIGTERM, in-flight requests get this long to finish before they are cancelled.
+    drain_timeout_seconds: float = 10.0
 
     def __post_init__(self) -> None:
-        if not self.models:
-            raise ValueError("at least one model is needed")
+        if not self.models and self.model_repository is None:
+            raise ValueError("at least one model or a model repository is needed")
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
@@ -61,6 +89,8 @@ class ServeConfig:
             raise ValueError("max_image_megapixels must be a positive number")
         if self.max_message_bytes < 1024:
             raise ValueError("max_message_bytes must be at least 1024")
+        if self.settle_seconds < 0 or self.debounce_seconds <= 0:
+            raise ValueError("settle_seconds must be >= 0 and debounce_seconds > 0")
         if self.max_pending < 1 or self.preprocess_workers < 1:
             raise ValueError("max_pending and preprocess_workers must be at least 1")
         host_port = self.metrics_listen.rpartition(":")
@@ -68,11 +98,21 @@ class ServeConfig:
             raise ValueError(f"metrics_listen {self.metrics_listen!r} must be HOST:PORT (or empty to turn it off)")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log_format must be text or json, got {self.log_format!r}")
+        if not self.listen and self.unix_socket is None:
+            raise ValueError("listen is empty and no unix_socket is set: the daemon would be unreachable")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        if not 0 <= self.unix_socket_mode <= 0o777:
+            raise ValueError(f"unix_socket_mode {self.unix_socket_mode:#o} is not a file mode")
+        if not (self.drain_timeout_seconds >= 0 and math.isfinite(self.drain_timeout_seconds)):
+            raise ValueError("drain_timeout_seconds must be a finite number >= 0")
 
     @property
     def max_pixels(self) -> int:
         return int(self.max_image_megapixels * 1_000_000)
 
     @property
-    def default_model(self) -> str:
-        return self.models[0].name
+    def default_model(self) -> str | None:
+        return self.models[0].name if self.models else None

@@ -1,36 +1,115 @@
-"""The models the daemon serves: loading each on the first device that can take it.
+"""The loaded model versions and the leases requests hold on them.
 
-A model's device list is tried in order ("npu:0,cpu"); the device actually used is recorded and
-shown in responses, GetModel and logs.
+A request leases the version it runs on; a swap publishes the new version first and then retires
+the old one, which closes only when its last lease is released. So a swap never fails a request
+and never mutates a version in use. Loading (files, inference.yml, plugin load, a warm-up run
+that checks the output signature) happens beside the serving versions; a version that fails any
+step is never published.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import enum
+import gc
 import logging
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
+
+from sodd import pipeline
 from sodd.config import ModelConfig
 from sodd.devices import DeviceSpec
 from sodd.engine import ModelRunner
-from sodd.errors import FailedPrecondition, NotFound
+from sodd.errors import FailedPrecondition, ModelDirError, NotFound
+from sodd.model.postprocess import DEFAULT_THRESHOLD
 from sodd.modeldir import ModelDir, read_model_dir
-from sodd.plugin import HardwarePlugin, PluginProblem
+from sodd.plugin import HardwarePlugin, PluginProblem, Predictor
 
 log = logging.getLogger(__name__)
+WARMUP_RUNS = 2
+
+
+class ModelState(enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    DRAINING = "draining"
+    UNLOADED = "unloaded"
+
+
+@dataclass(frozen=True)
+class ModelEvent:
+    name: str
+    version: int
+    state: ModelState
+    reason: str = ""
+    device: str = ""
+    time: float = field(default_factory=time.time)
 
 
 @dataclass
 class ServedModel:
+    """One loaded version of a model on one device."""
+
     config: ModelConfig
     version: int
     model_dir: ModelDir
     device: str
     runner: ModelRunner
     notes: str = ""
+    fingerprint: tuple = ()
+    leases: int = 0
+    draining: bool = False
+    # A copy replaced by new files of the same version keeps that version's status when it closes.
+    replaced: bool = False
 
     @property
     def name(self) -> str:
         return self.config.name
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    """What GetModel/ListModels say of a version that is not (or not only) serving."""
+
+    state: ModelState
+    reason: str = ""
+    path: Path | None = None
+
+
+def release_freed_memory() -> None:
+    """Return freed heap pages to the OS so that RSS reflects unloads (glibc keeps them otherwise)."""
+    gc.collect()
+    libc_name = ctypes.util.find_library("c")
+    if libc_name:
+        libc = ctypes.CDLL(libc_name)
+        if hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+
+
+def warm_up(served: ServedModel, runs: int = WARMUP_RUNS) -> None:
+    """Run a neutral image through the whole path and check the output signature."""
+    h, w = served.model_dir.input_size or (640, 640)
+    image = np.full((h, w, 3), 114, dtype=np.uint8)
+    prepared = pipeline.prepare_images(served.model_dir, [image])
+    for _ in range(runs):
+        outputs = served.runner.run_sync(
+            pipeline.network_inputs(prepared, served.runner.predictor.input_names)).outputs
+        if len(outputs) < 2:
+            raise ModelDirError(f"the program has {len(outputs)} outputs; a detector returns boxes and counts")
+        boxes, counts = np.asarray(outputs[0]), np.asarray(outputs[1])
+        if boxes.size and (boxes.ndim != 2 or boxes.shape[1] != 6):
+            raise ModelDirError(f"the first output has shape {list(boxes.shape)}, expected [N, 6] box rows")
+        if counts.reshape(-1).shape != (1,):
+            raise ModelDirError(f"the second output has shape {list(counts.shape)}, expected one count per image")
+        pipeline.boxes_per_image(outputs, prepared, served.model_dir, DEFAULT_THRESHOLD)
 
 
 class ModelRegistry:
@@ -40,8 +119,14 @@ class ModelRegistry:
         self.plugin_problems = list(plugin_problems or [])
         self._max_pending = max_pending
         self._cpu_threads = cpu_threads
-        self._models: dict[str, ServedModel] = {}
+        self._lock = threading.Lock()
+        self._serving: dict[str, dict[int, ServedModel]] = {}
+        self._status: dict[str, dict[int, VersionStatus]] = {}
+        self._configs: dict[str, ModelConfig] = {}
+        self._listeners: list[Callable[[ModelEvent], None]] = []
         self.default_name: str | None = None
+
+    # -- plugins and devices ---------------------------------------------------------------
 
     @property
     def plugins(self) -> dict[str, HardwarePlugin]:
@@ -54,7 +139,7 @@ class ModelRegistry:
         known = sorted({t for p in self._plugins.values() for t in p.device_types})
         raise FailedPrecondition(f"no hardware plugin handles device type {device.type!r} (installed: {known})")
 
-    def _load_on(self, model_dir: ModelDir, device: DeviceSpec):
+    def _load_on(self, model_dir: ModelDir, device: DeviceSpec) -> Predictor:
         plugin = self.plugin_for(device)
         infos = {info.device: info for info in plugin.probe()}
         info = infos.get(device.name) or (infos.get(device.type) if device.index is None else None)
@@ -71,42 +156,188 @@ class ModelRegistry:
             options["threads"] = str(self._cpu_threads)
         return plugin.load(model_dir, device.name, options)
 
-    def load(self, config: ModelConfig) -> ServedModel:
-        model_dir = read_model_dir(config.path)
+    # -- events ----------------------------------------------------------------------------
+
+    def add_listener(self, listener: Callable[[ModelEvent], None]) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[ModelEvent], None]) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def _emit(self, event: ModelEvent) -> None:
+        level = logging.WARNING if event.state is ModelState.FAILED else logging.INFO
+        log.log(level, "model %s version %d: %s%s%s", event.name, event.version, event.state.value,
+                f" on {event.device}" if event.device else "", f" ({event.reason})" if event.reason else "")
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(event)
+
+    def set_status(self, name: str, version: int, state: ModelState, reason: str = "", path: Path | None = None,
+                   device: str = "") -> None:
+        with self._lock:
+            self._status.setdefault(name, {})[version] = VersionStatus(state, reason, path)
+        self._emit(ModelEvent(name, version, state, reason, device))
+
+    # -- loading and swapping --------------------------------------------------------------
+
+    def register_config(self, config: ModelConfig) -> None:
+        with self._lock:
+            self._configs[config.name] = config
+            if self.default_name is None:
+                self.default_name = config.name
+
+    def load_version(self, config: ModelConfig, version: int, path: Path, fingerprint: tuple = ()) -> ServedModel:
+        """Load, validate and warm up one version beside whatever serves now. Blocking."""
+        self.register_config(config)
+        self.set_status(config.name, version, ModelState.LOADING, path=path)
+        try:
+            served = self._load(config, version, path, fingerprint)
+        except Exception as exc:
+            self.set_status(config.name, version, ModelState.FAILED, str(getattr(exc, "message", exc)), path)
+            raise
+        return served
+
+    def _load(self, config: ModelConfig, version: int, path: Path, fingerprint: tuple) -> ServedModel:
+        model_dir = read_model_dir(path)
         failures = []
         for device in config.devices:
             try:
                 predictor = self._load_on(model_dir, device)
             except Exception as exc:  # noqa: BLE001 - try the next device in the list
-                failures.append(f"{device.name}: {exc}")
-                log.warning("model %s: cannot load on %s: %s", config.name, device.name, exc)
+                failures.append(f"{device.name}: {getattr(exc, 'message', exc)}")
+                log.warning("model %s version %d: cannot load on %s: %s", config.name, version, device.name, exc)
                 continue
             served = ServedModel(
-                config=config, version=1, model_dir=model_dir, device=device.name,
+                config=config, version=version, model_dir=model_dir, device=device.name,
                 runner=ModelRunner(predictor, self._max_pending, config.name),
                 notes="; ".join(failures + ([predictor.notes] if predictor.notes else [])),
+                fingerprint=fingerprint,
             )
-            self._models[config.name] = served
-            if self.default_name is None:
-                self.default_name = config.name
-            log.info("model %s loaded from %s on %s%s", config.name, model_dir.path, device.name,
-                     f" ({served.notes})" if served.notes else "")
+            try:
+                warm_up(served)
+            except Exception:
+                served.runner.close()
+                raise
             return served
         raise FailedPrecondition(f"model {config.name} could not be loaded on any device: " + "; ".join(failures))
 
-    def get(self, name: str, version: int = 0) -> ServedModel:
+    def publish(self, served: ServedModel) -> ServedModel | None:
+        """Make `served` answer requests; returns the version object it replaces, if any."""
+        with self._lock:
+            versions = self._serving.setdefault(served.name, {})
+            replaced = versions.get(served.version)
+            versions[served.version] = served
+            self._status.setdefault(served.name, {})[served.version] = VersionStatus(
+                ModelState.READY, served.notes, served.model_dir.path)
+        self._emit(ModelEvent(served.name, served.version, ModelState.READY, served.notes, served.device))
+        if replaced is not None:
+            self._retire(replaced, keep_status=True)
+        return replaced
+
+    def unpublish(self, name: str, version: int) -> None:
+        """Stop routing requests to a version; it closes once its in-flight requests finish."""
+        with self._lock:
+            served = self._serving.get(name, {}).pop(version, None)
+        if served is not None:
+            self._retire(served, keep_status=False)
+
+    def _retire(self, served: ServedModel, keep_status: bool) -> None:
+        reason = "replaced by new files of the same version" if keep_status else ""
+        with self._lock:
+            served.draining = True
+            served.replaced = keep_status
+            idle = served.leases == 0
+            if not keep_status:
+                self._status.setdefault(served.name, {})[served.version] = VersionStatus(
+                    ModelState.DRAINING, "", served.model_dir.path)
+        self._emit(ModelEvent(served.name, served.version, ModelState.DRAINING, reason, served.device))
+        if idle:
+            self._close(served)
+
+    def _close(self, served: ServedModel) -> None:
+        reason = "replaced by new files of the same version" if served.replaced else ""
+
+        def close() -> None:
+            served.runner.close()
+            release_freed_memory()
+            with self._lock:
+                current = self._status.get(served.name, {}).get(served.version)
+                if not served.replaced and current is not None and current.state is ModelState.DRAINING:
+                    self._status[served.name][served.version] = VersionStatus(ModelState.UNLOADED)
+            self._emit(ModelEvent(served.name, served.version, ModelState.UNLOADED, reason, served.device))
+
+        # Closing joins the predictor's thread; never do that on the event loop.
+        threading.Thread(target=close, name=f"unload-{served.name}-{served.version}", daemon=True).start()
+
+    def forget_status(self, name: str, version: int) -> None:
+        with self._lock:
+            self._status.get(name, {}).pop(version, None)
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _resolve(self, name: str, version: int) -> ServedModel:
         key = name or self.default_name or ""
-        served = self._models.get(key)
-        if served is None:
-            raise NotFound(f"model {key!r} is not served (served: {sorted(self._models)})")
-        if version and version != served.version:
-            raise NotFound(f"model {key!r} has no version {version} (available: [{served.version}])")
-        return served
+        versions = self._serving.get(key)
+        if not versions:
+            known = sorted(n for n, v in self._serving.items() if v)
+            raise NotFound(f"model {key!r} is not served (served: {known})")
+        if version:
+            served = versions.get(version)
+            if served is None:
+                raise NotFound(f"model {key!r} has no version {version} (available: {sorted(versions)})")
+            return served
+        return versions[max(versions)]
+
+    @contextmanager
+    def lease(self, name: str, version: int = 0) -> Iterator[ServedModel]:
+        """The version a request runs on, kept open until the request is done."""
+        with self._lock:
+            served = self._resolve(name, version)
+            served.leases += 1
+        try:
+            yield served
+        finally:
+            with self._lock:
+                served.leases -= 1
+                closing = served.draining and served.leases == 0
+            if closing:
+                self._close(served)
+
+    def get(self, name: str, version: int = 0) -> ServedModel:
+        with self._lock:
+            return self._resolve(name, version)
+
+    def versions(self, name: str) -> dict[int, ServedModel]:
+        with self._lock:
+            return dict(self._serving.get(name, {}))
 
     def models(self) -> list[ServedModel]:
-        return list(self._models.values())
+        with self._lock:
+            return [s for versions in self._serving.values() for s in versions.values()]
+
+    def statuses(self) -> dict[str, dict[int, VersionStatus]]:
+        with self._lock:
+            return {name: dict(v) for name, v in self._status.items()}
+
+    def config(self, name: str) -> ModelConfig | None:
+        with self._lock:
+            return self._configs.get(name)
+
+    # -- one-shot use (tools, tests) -------------------------------------------------------
+
+    def load(self, config: ModelConfig) -> ServedModel:
+        """Load the directory in `config.path` as version 1 and serve it."""
+        served = self.load_version(config, 1, config.path)
+        self.publish(served)
+        return served
 
     def close(self) -> None:
-        for served in self._models.values():
+        with self._lock:
+            all_served = [s for versions in self._serving.values() for s in versions.values()]
+            self._serving.clear()
+        for served in all_served:
             served.runner.close()
-        self._models.clear()

@@ -4,72 +4,113 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sodd.config import ServeConfig
+from sodd.lifecycle import ReloadCallback, run_until_stopped
+from sodd.listeners import add_listeners
+from sodd.manager import ModelManager
+from sodd.metrics import Metrics, MetricsEndpoint, MetricsInterceptor
 from sodd.plugin import discover_plugins
-from sodd.registry import ModelRegistry
+from sodd.registry import ModelEvent, ModelRegistry
+from sodd.sdnotify import Notifier
 from sodd.service import DetectorService
+from sodd.settings import Settings
 from sodd.v1 import detector_pb2, detector_pb2_grpc
 
 log = logging.getLogger(__name__)
-# Time in-flight requests get to finish on SIGTERM / SIGINT.
-STOP_GRACE_SECONDS = 10.0
 
 
-def load_models(config: ServeConfig) -> ModelRegistry:
+def create_registry(config: ServeConfig, metrics: Metrics | None = None) -> ModelRegistry:
     plugins, problems = discover_plugins()
     for problem in problems:
         log.warning("hardware plugin %s is not usable: %s", problem.name, problem.reason)
     registry = ModelRegistry(plugins, max_pending=config.max_pending, cpu_threads=config.cpu_threads,
                              plugin_problems=problems)
-    try:
-        for model in config.models:
-            registry.load(model)
-    except BaseException:
-        registry.close()
-        raise
+    if metrics is not None:
+        metrics.watch(registry)
     return registry
 
 
-async def serve(config: ServeConfig) -> None:
-    registry = await asyncio.to_thread(load_models, config)
-    server = grpc.aio.server(options=[
+def track_model_health(registry: ModelRegistry, health_servicer: health.aio.HealthServicer) -> None:
+    """Each model name is a health service: SERVING while any of its versions serves."""
+    loop = asyncio.get_running_loop()
+
+    async def update(name: str) -> None:
+        state = health_pb2.HealthCheckResponse.SERVING if registry.versions(name) \
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        await health_servicer.set(name, state)
+
+    def on_event(event: ModelEvent) -> None:
+        loop.call_soon_threadsafe(lambda: loop.create_task(update(event.name)))
+
+    registry.add_listener(on_event)
+    for served in registry.models():
+        loop.create_task(update(served.name))
+
+
+async def serve(config: ServeConfig, reload_config: Callable[[], ServeConfig] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then drain. `reload_config` re-reads the configuration on SIGHUP."""
+    notifier = Notifier.from_environment()
+    notifier.status("loading models")
+    settings = Settings(config, reload_config)
+    metrics = Metrics()
+    # Before loading, so a taken port fails at once and slow loads can be watched.
+    endpoint = MetricsEndpoint(config.metrics_listen, metrics.registry) if config.metrics_listen else None
+    if endpoint is not None:
+        log.info("metrics on %s", endpoint.url)
+    registry = create_registry(config, metrics)
+    manager = ModelManager(registry, config)
+    try:
+        await manager.start()
+    except BaseException:
+        registry.close()
+        raise
+    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics, registry)]
+    if settings.tokens is not None:
+        settings.tokens.default_model = lambda: registry.default_name
+        interceptors.append(settings.tokens)
+    server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
     ])
-    service = DetectorService(config, registry)
+    service = DetectorService(config, registry, manager)
     detector_pb2_grpc.add_DetectorServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (detector_pb2.DESCRIPTOR.services_by_name["Detector"].full_name,
              health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(config.listen)
-    if port == 0:
-        raise OSError(f"cannot listen on {config.listen}")
+    addresses = add_listeners(server, config, settings.certificates)
     await server.start()
     serving = health_pb2.HealthCheckResponse.SERVING
     await health_servicer.set("", serving)
     await health_servicer.set(names[0], serving)
-    for served in registry.models():
-        await health_servicer.set(served.name, serving)
-    host = config.listen.rsplit(":", 1)[0]
-    log.info("listening on %s:%d, models: %s", host, port,
+    track_model_health(registry, health_servicer)
+    manager.start_watching()
+    log.info("listening on %s, models: %s", ", ".join(addresses),
              ", ".join(f"{m.name} ({m.model_dir.model_name} on {m.device})" for m in registry.models()))
-    print(f"sodd: listening on {host}:{port}", flush=True)
+    print(f"sodd: listening on {' '.join(addresses)}", flush=True)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("stopping: refusing new requests, letting in-flight ones finish (%.0f s)", STOP_GRACE_SECONDS)
+    def status() -> str:
+        return f"serving {', '.join(sorted({m.name for m in registry.models()}))} on {', '.join(addresses)}"
+
+    notifier.ready(status())
+    # SIGHUP (systemd's ExecReload) runs these in order: configuration and certificates, then the
+    # model directories. Anything else that must follow a reload appends its own coroutine function.
+    reload_callbacks: list[ReloadCallback] = [settings.reload, manager.reconcile]
+    signal_name = (await run_until_stopped(notifier, reload_callbacks, status)).name
+    drain = settings.config.drain_timeout_seconds
+    log.info("%s: refusing new requests, letting in-flight ones finish (up to %.0f s)", signal_name, drain)
+    notifier.stopping(f"draining in-flight requests (up to {drain:.0f} s)")
     await health_servicer.enter_graceful_shutdown()
-    await server.stop(STOP_GRACE_SECONDS)
+    await server.stop(drain)
+    await manager.close()
     service.close()
     registry.close()
+    if endpoint is not None:
+        endpoint.close()

@@ -12,7 +12,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -21,15 +21,24 @@ import numpy as np
 
 from sodd import pipeline
 from sodd.config import ServeConfig
-from sodd.errors import InvalidArgument, SoddError
+from sodd.errors import InvalidArgument, NotFound, SoddError
+from sodd.manager import ModelManager
 from sodd.model.decode import decode_encoded, decode_raw
 from sodd.model.postprocess import Box, Threshold, resolve_threshold
-from sodd.registry import ModelRegistry, ServedModel
+from sodd.registry import ModelEvent, ModelRegistry, ModelState, ServedModel, VersionStatus
 from sodd.v1 import detector_pb2 as pb
 from sodd.v1 import detector_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+WATCH_QUEUE_LIMIT = 1000
+STATE_MESSAGES = {
+    ModelState.LOADING: pb.MODEL_STATE_LOADING,
+    ModelState.READY: pb.MODEL_STATE_READY,
+    ModelState.FAILED: pb.MODEL_STATE_FAILED,
+    ModelState.DRAINING: pb.MODEL_STATE_DRAINING,
+    ModelState.UNLOADED: pb.MODEL_STATE_UNLOADED,
+}
 
 
 def request_threshold(request: pb.DetectRequest | pb.DetectBatchRequest,
@@ -96,10 +105,18 @@ def device_listing(registry: ModelRegistry) -> pb.ListDevicesResponse:
     return pb.ListDevicesResponse(plugins=plugins)
 
 
+def _offer(queue: asyncio.Queue, event: ModelEvent) -> None:
+    # A watcher that does not read loses the oldest events rather than growing the daemon's memory.
+    if queue.full():
+        queue.get_nowait()
+    queue.put_nowait(event)
+
+
 class DetectorService(pb_grpc.DetectorServicer):
-    def __init__(self, config: ServeConfig, registry: ModelRegistry) -> None:
+    def __init__(self, config: ServeConfig, registry: ModelRegistry, manager: ModelManager) -> None:
         self._config = config
         self._registry = registry
+        self._manager = manager
         self._workers = ThreadPoolExecutor(config.preprocess_workers, thread_name_prefix="prep")
 
     async def _in_worker(self, fn: Callable[..., T], *args: object) -> tuple[T, float]:
@@ -155,10 +172,10 @@ class DetectorService(pb_grpc.DetectorServicer):
         request_id = request.request_id or uuid.uuid4().hex
 
         async def work() -> pb.DetectResponse:
-            served = self._registry.get(request.model, request.version)
-            threshold = self._resolve(served, request)
-            (response,) = await self._detect_images(served, [request.image], ["image"], threshold,
-                                                    request.max_detections, request_id)
+            with self._registry.lease(request.model, request.version) as served:
+                threshold = self._resolve(served, request)
+                (response,) = await self._detect_images(served, [request.image], ["image"], threshold,
+                                                        request.max_detections, request_id)
             return response
 
         return await self._guard(context, work(), "Detect", request_id)
@@ -168,13 +185,13 @@ class DetectorService(pb_grpc.DetectorServicer):
         request_id = request.request_id or uuid.uuid4().hex
 
         async def work() -> pb.DetectBatchResponse:
-            served = self._registry.get(request.model, request.version)
-            threshold = self._resolve(served, request)
-            if not request.images:
-                raise InvalidArgument("images is empty: send at least one image")
-            fields = [f"images[{i}]" for i in range(len(request.images))]
-            results = await self._detect_images(served, request.images, fields, threshold,
-                                                request.max_detections, request_id)
+            with self._registry.lease(request.model, request.version) as served:
+                threshold = self._resolve(served, request)
+                if not request.images:
+                    raise InvalidArgument("images is empty: send at least one image")
+                fields = [f"images[{i}]" for i in range(len(request.images))]
+                results = await self._detect_images(served, request.images, fields, threshold,
+                                                    request.max_detections, request_id)
             return pb.DetectBatchResponse(request_id=request_id, results=results)
 
         return await self._guard(context, work(), "DetectBatch", request_id)
@@ -183,15 +200,84 @@ class DetectorService(pb_grpc.DetectorServicer):
         threshold = resolve_threshold(None, served.config.threshold, served.model_dir.draw_threshold)
         return model_info(served, served.name == self._registry.default_name, float(threshold))
 
+    def _status_info(self, name: str, version: int, status: VersionStatus) -> pb.ModelInfo:
+        """A version that does not serve (loading, failed, draining): what is known of it."""
+        return pb.ModelInfo(name=name, version=version, directory=str(status.path or ""),
+                            state=STATE_MESSAGES[status.state], state_reason=status.reason,
+                            is_default=name == self._registry.default_name)
+
+    def _all_infos(self, name: str | None = None) -> list[pb.ModelInfo]:
+        serving = {(m.name, m.version): m for m in self._registry.models() if name in (None, m.name)}
+        infos = [self._info(m) for _, m in sorted(serving.items())]
+        for model, versions in sorted(self._registry.statuses().items()):
+            for version, status in sorted(versions.items()):
+                if name in (None, model) and (model, version) not in serving \
+                        and status.state is not ModelState.UNLOADED:
+                    infos.append(self._status_info(model, version, status))
+        return infos
+
     async def ListModels(self, request: pb.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=[self._info(m) for m in self._registry.models()])
+        return pb.ListModelsResponse(models=self._all_infos())
 
     async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
         async def work() -> pb.ModelInfo:
-            return self._info(self._registry.get(request.name, request.version))
+            try:
+                return self._info(self._registry.get(request.name, request.version))
+            except NotFound:
+                # Not serving, but a failed or loading version still has something to say.
+                name = request.name or self._registry.default_name or ""
+                status = self._registry.statuses().get(name, {})
+                version = request.version or max(status, default=0)
+                if version in status:
+                    return self._status_info(name, version, status[version])
+                raise
 
         return await self._guard(context, work(), "GetModel", "")
+
+    async def LoadModel(self, request: pb.LoadModelRequest,
+                        context: grpc.aio.ServicerContext) -> pb.LoadModelResponse:
+        async def work() -> pb.LoadModelResponse:
+            if not request.name:
+                raise InvalidArgument("name is empty: say which model to load")
+            await self._manager.load_model(request.name, request.version)
+            return pb.LoadModelResponse(versions=[self._info(m) for m in
+                                                  sorted(self._registry.versions(request.name).values(),
+                                                         key=lambda m: m.version)])
+
+        return await self._guard(context, work(), "LoadModel", "")
+
+    async def UnloadModel(self, request: pb.UnloadModelRequest,
+                          context: grpc.aio.ServicerContext) -> pb.UnloadModelResponse:
+        async def work() -> pb.UnloadModelResponse:
+            if not request.name:
+                raise InvalidArgument("name is empty: say which model to unload")
+            await self._manager.unload_model(request.name, request.version)
+            return pb.UnloadModelResponse()
+
+        return await self._guard(context, work(), "UnloadModel", "")
+
+    async def WatchModels(self, request: pb.WatchModelsRequest,
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ModelEvent]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[ModelEvent] = asyncio.Queue(maxsize=WATCH_QUEUE_LIMIT)
+
+        def listener(event: ModelEvent) -> None:
+            if not request.name or event.name == request.name:
+                loop.call_soon_threadsafe(_offer, queue, event)
+
+        self._registry.add_listener(listener)
+        try:
+            # The current state first, so a watcher never misses what happened before it came.
+            for info in self._all_infos(request.name or None):
+                yield pb.ModelEvent(name=info.name, version=info.version, state=info.state,
+                                    reason=info.state_reason, device=info.device, time_unix=time.time())
+            while True:
+                event = await queue.get()
+                yield pb.ModelEvent(name=event.name, version=event.version, state=STATE_MESSAGES[event.state],
+                                    reason=event.reason, device=event.device, time_unix=event.time)
+        finally:
+            self._registry.remove_listener(listener)
 
     async def ListDevices(self, request: pb.ListDevicesRequest,
                           context: grpc.aio.ServicerContext) -> pb.ListDevicesResponse:

@@ -59,6 +59,21 @@ class DetectorStub:
                 request_serializer=sodd_dot_v1_dot_detector__pb2.ListDevicesRequest.SerializeToString,
                 response_deserializer=sodd_dot_v1_dot_detector__pb2.ListDevicesResponse.FromString,
                 _registered_method=True)
+        self.LoadModel = channel.unary_unary(
+                '/sodd.v1.Detector/LoadModel',
+                request_serializer=sodd_dot_v1_dot_detector__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=sodd_dot_v1_dot_detector__pb2.LoadModelResponse.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/sodd.v1.Detector/UnloadModel',
+                request_serializer=sodd_dot_v1_dot_detector__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=sodd_dot_v1_dot_detector__pb2.UnloadModelResponse.FromString,
+                _registered_method=True)
+        self.WatchModels = channel.unary_stream(
+                '/sodd.v1.Detector/WatchModels',
+                request_serializer=sodd_dot_v1_dot_detector__pb2.WatchModelsRequest.SerializeToString,
+                response_deserializer=sodd_dot_v1_dot_detector__pb2.ModelEvent.FromString,
+                _registered_method=True)
 
 
 class DetectorServicer:
@@ -100,6 +115,27 @@ class DetectorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadModel(self, request, context):
+        """Loads a model (re-reading its directory) or one pinned version of it, beside what serves now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """Stops serving a model or one version; in-flight requests finish first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchModels(self, request, context):
+        """Streams model lifecycle events: loading, ready, failed (with reason), draining, unloaded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DetectorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +163,21 @@ def add_DetectorServicer_to_server(servicer, server):
                     servicer.ListDevices,
                     request_deserializer=sodd_dot_v1_dot_detector__pb2.ListDevicesRequest.FromString,
                     response_serializer=sodd_dot_v1_dot_detector__pb2.ListDevicesResponse.SerializeToString,
+            ),
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=sodd_dot_v1_dot_detector__pb2.LoadModelRequest.FromString,
+                    response_serializer=sodd_dot_v1_dot_detector__pb2.LoadModelResponse.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=sodd_dot_v1_dot_detector__pb2.UnloadModelRequest.FromString,
+                    response_serializer=sodd_dot_v1_dot_detector__pb2.UnloadModelResponse.SerializeToString,
+            ),
+            'WatchModels': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchModels,
+                    request_deserializer=sodd_dot_v1_dot_detector__pb2.WatchModelsRequest.FromString,
+                    response_serializer=sodd_dot_v1_dot_detector__pb2.ModelEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +315,87 @@ class Detector:
             '/sodd.v1.Detector/ListDevices',
             sodd_dot_v1_dot_detector__pb2.ListDevicesRequest.SerializeToString,
             sodd_dot_v1_dot_detector__pb2.ListDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sodd.v1.Detector/LoadModel',
+            sodd_dot_v1_dot_detector__pb2.LoadModelRequest.SerializeToString,
+            sodd_dot_v1_dot_detector__pb2.LoadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sodd.v1.Detector/UnloadModel',
+            sodd_dot_v1_dot_detector__pb2.UnloadModelRequest.SerializeToString,
+            sodd_dot_v1_dot_detector__pb2.UnloadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sodd.v1.Detector/WatchModels',
+            sodd_dot_v1_dot_detector__pb2.WatchModelsRequest.SerializeToString,
+            sodd_dot_v1_dot_detector__pb2.ModelEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,235 @@
+"""Keeping the served versions in step with the model directories on disk.
+
+Triggers — file-system changes (inotify through watchfiles, or polling), SIGHUP, and the
+LoadModel / UnloadModel RPCs — all lead to one `reconcile`: scan the sources, pick the versions
+the policy wants among the complete ones, load the missing ones beside the serving ones, publish
+them, then retire what is no longer wanted. Reconciles run one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from sodd.config import ModelConfig, ServeConfig
+from sodd.errors import FailedPrecondition, NotFound
+from sodd.registry import ModelRegistry, ModelState
+from sodd.repository import VersionDir, scan_repository, scan_source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    config: ModelConfig
+    explicit: bool  # named on the command line or in the config: it must load at start
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def path(self) -> Path:
+        return self.config.path
+
+
+class ModelManager:
+    def __init__(self, registry: ModelRegistry, config: ServeConfig) -> None:
+        self._registry = registry
+        self._config = config
+        self._explicit = {m.name: ModelSource(m, True) for m in config.models}
+        self._lock = asyncio.Lock()
+        self._failed: dict[tuple[str, int], tuple] = {}  # version -> fingerprint that failed
+        self._excluded: set[tuple[str, int | None]] = set()  # by UnloadModel; None = every version
+        self._pinned: set[tuple[str, int]] = set()  # by LoadModel with a version
+        self._recheck: asyncio.TimerHandle | None = None
+        self._watch_task: asyncio.Task | None = None
+
+    # -- sources ---------------------------------------------------------------------------
+
+    def sources(self) -> dict[str, ModelSource]:
+        found = dict(self._explicit)
+        root = self._config.model_repository
+        if root is not None:
+            for name, path in scan_repository(root).items():
+                if name not in found:
+                    found[name] = ModelSource(replace(self._config.repository_defaults, name=name, path=path), False)
+        return found
+
+    # -- reconciling -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load everything that is on disk now; an explicit model that cannot load stops the start."""
+        for source in self._explicit.values():
+            self._registry.register_config(source.config)
+        await self.reconcile(initial=True)
+        for name, source in self._explicit.items():
+            if not self._registry.versions(name):
+                statuses = self._registry.statuses().get(name, {})
+                reasons = "; ".join(f"version {v}: {s.reason}" for v, s in sorted(statuses.items()) if s.reason)
+                raise FailedPrecondition(f"model {name} could not be loaded from {source.path}: "
+                                         f"{reasons or 'no complete version directory'}")
+
+    async def reconcile(self, names: Iterable[str] | None = None, initial: bool = False) -> None:
+        async with self._lock:
+            sources = await asyncio.to_thread(self.sources)
+            wanted = list(names) if names is not None else sorted(set(sources) | self._served_names())
+            for name in wanted:
+                source = sources.get(name)
+                if source is None:
+                    for version in self._registry.versions(name):
+                        self._registry.unpublish(name, version)
+                    continue
+                await self._reconcile_one(source, initial)
+
+    def _served_names(self) -> set[str]:
+        return {s.name for s in self._registry.models()}
+
+    def _schedule_recheck(self) -> None:
+        if self._recheck is not None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._recheck = None
+            loop.create_task(self.reconcile())
+
+        self._recheck = loop.call_later(self._config.settle_seconds + 0.05, fire)
+
+    def _candidates(self, source: ModelSource, scanned: dict[int, VersionDir], initial: bool) -> dict[int, VersionDir]:
+        name, now = source.name, time.time()
+        if (name, None) in self._excluded:
+            return {}
+        candidates = {}
+        for version, vdir in scanned.items():
+            if (name, version) in self._excluded:
+                continue
+            if not initial and not vdir.settled(self._config.settle_seconds, now):
+                self._schedule_recheck()
+                continue
+            if self._failed.get((name, version)) == vdir.fingerprint:
+                continue
+            if vdir.missing:
+                self._failed[(name, version)] = vdir.fingerprint
+                self._registry.set_status(name, version, ModelState.FAILED,
+                                          f"incomplete version directory: missing {', '.join(vdir.missing)}", vdir.path)
+                continue
+            candidates[version] = vdir
+        return candidates
+
+    async def _reconcile_one(self, source: ModelSource, initial: bool) -> None:
+        name = source.name
+        scanned = await asyncio.to_thread(scan_source, source.path)
+        for version in list(self._registry.statuses().get(name, {})):
+            if version not in scanned and version not in self._registry.versions(name):
+                self._registry.forget_status(name, version)
+        candidates = self._candidates(source, scanned, initial)
+        pinned = {v for (n, v) in self._pinned if n == name}
+        while True:
+            desired = set(source.config.version_policy.select(sorted(candidates))) | (pinned & set(candidates))
+            serving = self._registry.versions(name)
+            todo = [v for v in desired if v not in serving or serving[v].fingerprint != candidates[v].fingerprint]
+            if not todo:
+                break
+            version = max(todo)
+            vdir = candidates[version]
+            try:
+                served = await asyncio.to_thread(
+                    self._registry.load_version, source.config, version, vdir.path, vdir.fingerprint)
+            except Exception:  # noqa: BLE001 - reported by the registry; the serving versions stay
+                self._failed[(name, version)] = vdir.fingerprint
+                del candidates[version]
+                continue
+            self._failed.pop((name, version), None)
+            self._registry.publish(served)
+        for version in self._registry.versions(name):
+            if version not in desired:
+                self._registry.unpublish(name, version)
+
+    # -- RPC triggers ----------------------------------------------------------------------
+
+    async def load_model(self, name: str, version: int = 0) -> None:
+        self._excluded.discard((name, None))
+        if version:
+            self._excluded.discard((name, version))
+            self._pinned.add((name, version))
+        await self.reconcile([name])
+        if name not in self.sources():
+            raise NotFound(f"model {name!r} is neither configured nor in the model repository")
+        serving = self._registry.versions(name)
+        if (version and version not in serving) or not serving:
+            status = self._registry.statuses().get(name, {}).get(version or -1)
+            reason = status.reason if status else "no complete version directory matches"
+            raise FailedPrecondition(f"model {name!r} version {version or 'latest'} did not load: {reason}")
+
+    async def unload_model(self, name: str, version: int = 0) -> None:
+        async with self._lock:
+            serving = self._registry.versions(name)
+            if not serving or (version and version not in serving):
+                raise NotFound(f"model {name!r} version {version or 'any'} is not served "
+                               f"(available: {sorted(serving)})")
+            if version:
+                self._excluded.add((name, version))
+                self._pinned.discard((name, version))
+                self._registry.unpublish(name, version)
+            else:
+                self._excluded.add((name, None))
+                self._pinned = {(n, v) for (n, v) in self._pinned if n != name}
+                for v in serving:
+                    self._registry.unpublish(name, v)
+
+    # -- watching --------------------------------------------------------------------------
+
+    def watch_roots(self) -> list[Path]:
+        roots = [s.path for s in self._explicit.values()]
+        if self._config.model_repository is not None:
+            roots.append(self._config.model_repository)
+        return [r for r in roots if r.exists()]
+
+    def _names_for(self, changed: Path) -> set[str]:
+        names = set()
+        for name, source in self._explicit.items():
+            if changed == source.path or source.path in changed.parents:
+                names.add(name)
+        root = self._config.model_repository
+        if root is not None and root in changed.parents:
+            names.add(changed.relative_to(root).parts[0])
+        return names
+
+    async def watch(self) -> None:
+        """Reconcile the models whose files change, until cancelled."""
+        from watchfiles import awatch
+
+        while True:
+            roots = self.watch_roots()
+            if not roots:
+                await asyncio.sleep(self._config.settle_seconds)
+                continue
+            try:
+                async for changes in awatch(*roots, debounce=int(self._config.debounce_seconds * 1000),
+                                            force_polling=self._config.poll_files, recursive=True,
+                                            poll_delay_ms=int(self._config.debounce_seconds * 1000)):
+                    names = set().union(*(self._names_for(Path(p)) for _, p in changes))
+                    if names:
+                        await self.reconcile(sorted(names))
+            except (FileNotFoundError, RuntimeError, OSError) as exc:
+                # A watched directory vanished: rescan and watch what exists now.
+                log.info("restarting the file watcher: %s", exc)
+                await self.reconcile()
+                await asyncio.sleep(self._config.debounce_seconds)
+
+    def start_watching(self) -> None:
+        self._watch_task = asyncio.get_running_loop().create_task(self.watch())
+
+    async def close(self) -> None:
+        if self._recheck is not None:
+            self._recheck.cancel()
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
