@@ -148,3 +148,12 @@ def run_paddlex(jobs: list[dict], workdir: Path) -> list[list[dict]]:
                              str(out_file)], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(out_file.read_text())
+
+
+def serve_exit(args: list[str], env: dict[str, str] | None = None, timeout: float = 120.0) -> tuple[int, str]:
+    """Run `sodd serve` that is expected to refuse to start; return its exit status and stderr."""
+    cmd = [sys.executable, "-m", "sodd.cli", "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+           "--threads", "2", *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                            env={**os.environ, **(env or {})})
+    return result.returncode, result.stderr

@@ -1,0 +1,239 @@
+"""Hardware plugins and device routing against the real daemon.
+
+One daemon serves each model on `cpu` and on `arm` (Paddle Lite, x86 target) at once; their boxes
+for the real VisDrone image must agree. The same daemon shows that unavailable devices are listed
+with their reasons and that a fallback list lands on the next device. Devices that cannot be had
+at all make `sodd serve` refuse to start with the reason.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from sodd_client import Client
+from sodd_client.cli import main as client_main
+
+from sodd.devices import ACCEPTED_FORMS, parse_devices
+from sodd.errors import FailedPrecondition, InvalidArgument
+from sodd.modeldir import read_model_dir
+from sodd.v1 import detector_pb2 as pb
+from tests.conftest import REPO, Daemon, serve_exit, start_daemon
+
+LITE_RUNS_HERE = importlib.util.find_spec("paddlelite") is not None and platform.machine() in ("x86_64", "AMD64")
+needs_lite = pytest.mark.skipif(not LITE_RUNS_HERE, reason="Paddle Lite's x86 wheel is not installed here")
+SCORE_TOL, COORD_TOL = 1e-4, 0.05
+PARITY_THRESHOLD = 0.05  # low, so that many boxes are compared
+
+
+def paddle_has_cuda() -> bool:
+    import paddle
+
+    return bool(paddle.device.is_compiled_with_cuda())
+
+
+@pytest.fixture(scope="module")
+def lite_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("lite-cache")
+
+
+@pytest.fixture(scope="module")
+def parity_models(tiny_model_dirs: dict[str, Path], picodet_dir: Path) -> dict[str, Path]:
+    """Our exporter's output, the real pretrained detector and, once it exists, the shipped default."""
+    models = {"tiny": tiny_model_dirs["both"], "picodet": picodet_dir}
+    default = REPO / "sodd" / "default_model"
+    if (default / "inference.pdmodel").is_file():
+        models["default"] = default
+    return models
+
+
+@pytest.fixture(scope="module")
+def plugin_daemon(parity_models: dict[str, Path], tiny_model_dirs: dict[str, Path], lite_cache: Path,
+                  tmp_path_factory: pytest.TempPathFactory):
+    if not LITE_RUNS_HERE:
+        pytest.skip("Paddle Lite's x86 wheel is not installed here")
+    args = []
+    for name, path in parity_models.items():
+        args += ["--model", f"{name}-cpu={path}", "--model", f"{name}-arm={path}",
+                 "--device", f"{name}-arm=arm?cache_dir={lite_cache}"]
+    args += ["--model", f"fallback={tiny_model_dirs['both']}", "--device", "fallback=gpu:0,cpu",
+             "--model", f"pir-fallback={tiny_model_dirs['pir']}",
+             "--device", f"pir-fallback=arm?cache_dir={lite_cache},cpu"]
+    daemon = start_daemon(args, tmp_path_factory.mktemp("plugins") / "daemon.log", timeout=300)
+    yield daemon
+    assert daemon.stop() == 0, daemon.log()
+
+
+@pytest.fixture(scope="module")
+def client(plugin_daemon: Daemon):
+    with Client(plugin_daemon.address, timeout=120) as c:
+        yield c
+
+
+def box_rows(response: pb.DetectResponse) -> np.ndarray:
+    return np.array([[b.cls_id, b.score, b.xmin, b.ymin, b.xmax, b.ymax] for b in response.boxes]).reshape(-1, 6)
+
+
+def assert_same_boxes(cpu: np.ndarray, arm: np.ndarray, what: str) -> tuple[float, float]:
+    assert len(cpu) > 0, f"{what}: no boxes to compare"
+    assert cpu.shape == arm.shape, f"{what}: cpu gave {len(cpu)} boxes, arm {len(arm)}"
+    assert np.array_equal(cpu[:, 0], arm[:, 0]), f"{what}: classes differ"
+    score_diff = float(np.abs(cpu[:, 1] - arm[:, 1]).max())
+    coord_diff = float(np.abs(cpu[:, 2:] - arm[:, 2:]).max())
+    assert score_diff <= SCORE_TOL, f"{what}: score diff {score_diff}"
+    assert coord_diff <= COORD_TOL, f"{what}: coordinate diff {coord_diff} px"
+    return score_diff, coord_diff
+
+
+@needs_lite
+def test_cpu_and_arm_give_the_same_boxes(client: Client, parity_models: dict[str, Path],
+                                         visdrone_image: Path) -> None:
+    data = visdrone_image.read_bytes()
+    for name in parity_models:
+        cpu = client.detect(data, f"{name}-cpu", threshold=PARITY_THRESHOLD)
+        arm = client.detect(data, f"{name}-arm", threshold=PARITY_THRESHOLD)
+        assert (cpu.device, arm.device) == ("cpu", "arm")
+        score_diff, coord_diff = assert_same_boxes(box_rows(cpu), box_rows(arm), name)
+        print(f"{name}: {len(cpu.boxes)} boxes, max |score diff| {score_diff:.2e}, "
+              f"max |coord diff| {coord_diff:.2e} px")
+
+
+@needs_lite
+def test_arm_batches_count_boxes_per_image(client: Client, real_images: list[Path]) -> None:
+    datas = [p.read_bytes() for p in real_images]
+    batch = client.detect_batch(datas, "tiny-arm", threshold=PARITY_THRESHOLD)
+    assert len(batch.results) == len(datas)
+    for data, result in zip(datas, batch.results, strict=True):
+        single = client.detect(data, "tiny-arm", threshold=PARITY_THRESHOLD)
+        assert np.allclose(box_rows(result), box_rows(single), atol=1e-5)
+        assert len(result.boxes) > 0
+
+
+@needs_lite
+def test_lite_program_is_converted_once_and_reused(plugin_daemon: Daemon, client: Client, lite_cache: Path,
+                                                    parity_models: dict[str, Path], tiny_model_dirs: dict[str, Path],
+                                                    tmp_path: Path, visdrone_image: Path) -> None:
+    # One cached program per model (different files, different keys), published whole.
+    programs = sorted(lite_cache.glob("*.nb"))
+    assert len(programs) == len(parity_models), programs
+    assert not list(lite_cache.glob(".staging-*"))
+    assert "converted" in client.get_model("tiny-arm").state_reason
+    before = {p.name: p.stat().st_mtime_ns for p in programs}
+
+    second = start_daemon(["--model", f"again={tiny_model_dirs['both']}",
+                           "--device", f"again=arm?cache_dir={lite_cache}"], tmp_path / "again.log")
+    try:
+        with Client(second.address, timeout=60) as c:
+            info = c.get_model("again")
+            assert info.device == "arm"
+            assert "from the cache" in info.state_reason, info.state_reason
+            response = c.detect(visdrone_image.read_bytes(), threshold=PARITY_THRESHOLD)
+            first = client.detect(visdrone_image.read_bytes(), "tiny-arm", threshold=PARITY_THRESHOLD)
+            assert np.array_equal(box_rows(response), box_rows(first))
+    finally:
+        assert second.stop() == 0, second.log()
+    assert "converted to a Paddle Lite" not in second.log()
+    assert {p.name: p.stat().st_mtime_ns for p in lite_cache.glob("*.nb")} == before
+
+
+def test_lite_cache_key_follows_model_bytes_and_conversion_options(tiny_model_dirs: dict[str, Path],
+                                                                   picodet_dir: Path) -> None:
+    from hw_plugins.artifact_cache import content_key
+
+    tiny = [tiny_model_dirs["both"] / "inference.pdmodel", tiny_model_dirs["both"] / "inference.pdiparams"]
+    pico = [picodet_dir / "inference.pdmodel", picodet_dir / "inference.pdiparams"]
+    x86 = {"target": "x86", "paddlelite": "2.13rc0"}
+    assert content_key(tiny, x86) == content_key(tiny, dict(x86))
+    assert content_key(tiny, x86) != content_key(tiny, {**x86, "target": "arm"})
+    assert content_key(tiny, x86) != content_key(tiny, {**x86, "paddlelite": "2.14"})
+    assert content_key(tiny, x86) != content_key(pico, x86)
+
+
+@needs_lite
+def test_pir_only_directory_on_arm_says_how_to_re_export(client: Client, tiny_model_dirs: dict[str, Path]) -> None:
+    from hw_plugins.arm_lite import ArmLitePlugin
+
+    with pytest.raises(FailedPrecondition) as caught:
+        ArmLitePlugin().load(read_model_dir(tiny_model_dirs["pir"]), "arm", {})
+    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    for hint in ("legacy programs", "inference.json", "sodd export", "FLAGS_enable_pir_api=0"):
+        assert hint in caught.value.message
+
+    # In a fallback list the next device takes it, and GetModel says why arm was skipped.
+    info = client.get_model("pir-fallback")
+    assert info.device == "cpu"
+    assert "sodd export" in info.state_reason
+
+    code, stderr = serve_exit(["--model", f"m={tiny_model_dirs['pir']}", "--device", "m=arm"])
+    assert code != 0
+    assert "legacy programs" in stderr and "sodd export" in stderr
+
+
+def test_unavailable_devices_are_listed_with_reasons(client: Client, plugin_daemon: Daemon,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    plugins = {p.name: p for p in client.list_devices()}
+    assert {"cpu", "arm", "gpu", "npu"} <= set(plugins)
+    assert list(plugins["gpu"].device_types) == ["gpu"] and list(plugins["npu"].device_types) == ["npu"]
+    assert any(d.available for d in plugins["cpu"].devices)
+    if not paddle_has_cuda():
+        (gpu,) = plugins["gpu"].devices
+        assert not gpu.available and "no CUDA" in gpu.reason
+    for device in plugins["npu"].devices:
+        assert device.available or "CustomDevice" in device.reason
+
+    assert client_main(["--server", plugin_daemon.address, "devices"]) == 0
+    out = capsys.readouterr().out
+    assert "gpu: unavailable" in out or paddle_has_cuda()
+    assert "npu: unavailable" in out
+
+
+def test_fallback_list_loads_on_the_next_device(client: Client, visdrone_image: Path) -> None:
+    info = client.get_model("fallback")
+    assert info.device == "cpu"
+    if not paddle_has_cuda():
+        assert "gpu:0" in info.state_reason and "no CUDA" in info.state_reason
+    assert client.detect(visdrone_image.read_bytes(), "fallback").device == "cpu"
+
+
+@pytest.mark.parametrize("device, reason", [("gpu", "no CUDA"), ("gpu:0?mode=trt_fp16", "no CUDA"),
+                                            ("npu:0", "CustomDevice")])
+def test_unavailable_device_stops_the_start_with_the_reason(tiny_model_dirs: dict[str, Path], device: str,
+                                                            reason: str) -> None:
+    if device.startswith("gpu") and paddle_has_cuda():
+        pytest.skip("this paddle build has CUDA")
+    code, stderr = serve_exit(["--model", f"m={tiny_model_dirs['both']}", "--device", f"m={device}"])
+    assert code == 1, stderr
+    assert "could not be loaded on any device" in stderr and "unavailable" in stderr and reason in stderr
+
+
+@pytest.mark.parametrize("text", ["gpu:x", "GPU", "gpu:-1", "cpu,", ":0", "npu:0?type", "gpu:0?mode=a&&b=c"])
+def test_malformed_device_string_lists_the_accepted_forms(text: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        parse_devices(text)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert ACCEPTED_FORMS in caught.value.message
+
+
+def test_serve_refuses_a_malformed_device_string(tiny_model_dirs: dict[str, Path]) -> None:
+    code, stderr = serve_exit(["--model", f"m={tiny_model_dirs['both']}", "--device", "m=gpu:zero"])
+    assert code == 2
+    assert "malformed" in stderr and "gpu:N" in stderr and "npu:N" in stderr
+
+
+@needs_lite
+def test_plugin_options_are_checked(tiny_model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    from hw_plugins.arm_lite import ArmLitePlugin
+
+    model = read_model_dir(tiny_model_dirs["both"])
+    with pytest.raises(InvalidArgument, match="unknown option"):
+        ArmLitePlugin().load(model, "arm", {"colour": "red"})
+    with pytest.raises(InvalidArgument, match="power_mode"):
+        ArmLitePlugin().load(model, "arm", {"power_mode": "turbo"})
+    # A .nb for ARM would crash Lite on x86 instead of raising: refused before converting.
+    with pytest.raises(FailedPrecondition, match="target=x86"):
+        ArmLitePlugin().load(model, "arm", {"target": "arm", "cache_dir": str(tmp_path)})
+    assert not list(tmp_path.iterdir())
