@@ -1,0 +1,56 @@
+"""The configuration in force, and what a reload (SIGHUP) changes without a restart.
+
+Certificates and the tokens file are re-read on every reload; a reload that fails (a bad file, a
+configuration error) raises and leaves everything as it was. Listener addresses and message sizes
+are fixed when the server starts, so a change to them is reported as needing a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from sodd.auth import TokenInterceptor, TokenTable
+from sodd.config import ServeConfig
+from sodd.listeners import CertificateStore, TlsFiles
+
+log = logging.getLogger(__name__)
+# Changing these needs a restart: grpc fixes them when the server starts.
+RESTART_ONLY = ("listen", "unix_socket", "unix_socket_mode", "unix_socket_owner", "unix_socket_group",
+                "max_message_bytes", "metrics_listen")
+
+
+class Settings:
+    """The configuration in force, the certificate store and the token check built from it."""
+
+    def __init__(self, config: ServeConfig, reload_config: Callable[[], ServeConfig] | None) -> None:
+        self.config = config
+        self._reload_config = reload_config
+        tls = TlsFiles.from_config(config)
+        # Read before the models load, so a bad certificate or tokens file fails the start at once.
+        self.certificates = CertificateStore(tls) if tls is not None else None
+        tokens = TokenTable.read(config.tokens_file) if config.tokens_file is not None else None
+        self.tokens = TokenInterceptor(tokens, lambda: None) if tokens is not None else None
+
+    async def reload(self) -> None:
+        if self._reload_config is None:
+            return
+        new = await asyncio.to_thread(self._reload_config)
+        old = self.config
+        if (new.tokens_file is None) != (self.tokens is None) or (new.tls_cert is None) != (self.certificates is None):
+            raise ValueError("turning TLS or tokens on or off needs a restart")
+        # Read everything before changing anything, so a failed reload leaves all as it was.
+        tokens = await asyncio.to_thread(TokenTable.read, new.tokens_file) if new.tokens_file is not None else None
+        if self.certificates is not None:
+            files = TlsFiles.from_config(new)
+            assert files is not None
+            await asyncio.to_thread(self.certificates.reload, files)
+            log.info("reload: certificates re-read from %s", files.cert)
+        if self.tokens is not None and tokens is not None:
+            self.tokens.tokens = tokens
+            log.info("reload: %d tokens read from %s", len(tokens.rights), new.tokens_file)
+        changed = [f for f in RESTART_ONLY if getattr(new, f) != getattr(old, f)]
+        if changed:
+            log.warning("reload: %s changed; restart the daemon to apply", ", ".join(changed))
+        self.config = new
