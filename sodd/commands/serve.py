@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from sodd.auth import TokenFileError
 from sodd.config import DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME, ModelConfig, ServeConfig
+from sodd.config_file import DEFAULT_CONFIG_PATH, make_config, read_config
 from sodd.devices import parse_devices
 from sodd.errors import SoddError
+from sodd.listeners import ListenerError
 from sodd.logs import setup_logging
+from sodd.repository import VersionPolicy
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -24,67 +31,136 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    # Flags default to None so that only the flags actually given override the configuration file.
     p = subparsers.add_parser("serve", help="serve models over gRPC")
+    p.add_argument("--config", metavar="FILE",
+                   help=f"TOML configuration file (default {DEFAULT_CONFIG_PATH} when it exists); flags override it")
     p.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
                    help="a PaddleX model directory to serve under NAME (repeatable; the first is the default). "
-                        "Without it, the embedded default model is served.")
+                        "Replaces the file's models. Without models anywhere, the embedded default model is served.")
+    p.add_argument("--model-repository", metavar="DIR",
+                   help="serve every <name>/<version>/ model directory under DIR, following changes")
     p.add_argument("--device", action="append", default=[], metavar="NAME=DEVICES",
-                   help="device list for a model, e.g. default=cpu or det=npu:0,cpu (default: cpu)")
+                   help="device list for a model, e.g. default=cpu or det=npu:0,cpu (default: cpu); "
+                        "NAME * applies to repository models")
     p.add_argument("--threshold", action="append", default=[], metavar="NAME=T",
-                   help="score threshold for a model when a request gives none")
-    p.add_argument("--max-batch-size", type=int, default=8, help="largest batch run at once (default 8)")
-    p.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT to listen on (port 0 picks one)")
+                   help="score threshold for a model when a request gives none (NAME * for repository models)")
+    p.add_argument("--version-policy", action="append", default=[], metavar="NAME=POLICY",
+                   help="latest (default), latest:N or specific:V1,V2 (NAME * for repository models)")
+    p.add_argument("--settle-seconds", type=float, default=None,
+                   help="a version directory loads once unchanged for this long (default 2)")
+    p.add_argument("--poll-files", action="store_true", default=None,
+                   help="poll model directories instead of inotify")
+    p.add_argument("--max-batch-size", type=int, default=None, help="largest batch run at once (default 8)")
+    p.add_argument("--listen", default=None,
+                   help="HOST:PORT to listen on (default 127.0.0.1:50051; port 0 picks one; empty: Unix socket only)")
+    p.add_argument("--unix-socket", metavar="PATH", help="also listen on this Unix domain socket")
+    p.add_argument("--tls-cert", metavar="FILE", help="serve TLS on --listen with this certificate chain (PEM)")
+    p.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
+    p.add_argument("--tls-client-ca", metavar="FILE",
+                   help="require client certificates signed by this CA (mutual TLS)")
+    p.add_argument("--tokens-file", metavar="FILE", help="require bearer tokens listed in FILE (see README)")
+    p.add_argument("--drain-timeout", type=float, default=None, metavar="SECONDS",
+                   help="on SIGTERM, how long in-flight requests may take to finish (default 10)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per predictor (default: all cores)")
-    p.add_argument("--max-image-megapixels", type=float, default=50.0)
-    p.add_argument("--max-message-mb", type=float, default=64.0)
-    p.add_argument("--max-pending", type=int, default=64, help="requests that may wait per model")
+    p.add_argument("--max-image-megapixels", type=float, default=None, help="default 50")
+    p.add_argument("--max-message-mb", type=float, default=None, help="default 64")
+    p.add_argument("--max-pending", type=int, default=None, help="requests that may wait per model (default 64)")
     p.add_argument("--log-level", default="INFO", help="DEBUG adds one line per answered request")
-    p.add_argument("--log-format", choices=("text", "json"), default="text",
+    p.add_argument("--log-format", choices=("text", "json"), default=None,
                    help="text (journald adds time stamps) or json lines (default text)")
-    p.add_argument("--metrics-listen", default="127.0.0.1:9464", metavar="HOST:PORT",
+    p.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
                    help="Prometheus /metrics endpoint (default 127.0.0.1:9464; port 0 picks one, empty turns it off)")
     p.set_defaults(func=run)
 
 
+def _path(value: str) -> Path:
+    return Path(value)
+
+
+# Flag -> (ServeConfig field, conversion) for the flags that set one field each.
+SIMPLE_FLAGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "listen": ("listen", str),
+    "unix_socket": ("unix_socket", _path),
+    "tls_cert": ("tls_cert", _path),
+    "tls_key": ("tls_key", _path),
+    "tls_client_ca": ("tls_client_ca", _path),
+    "tokens_file": ("tokens_file", _path),
+    "drain_timeout": ("drain_timeout_seconds", float),
+    "model_repository": ("model_repository", _path),
+    "settle_seconds": ("settle_seconds", float),
+    "poll_files": ("poll_files", bool),
+    "threads": ("cpu_threads", int),
+    "max_image_megapixels": ("max_image_megapixels", float),
+    "max_message_mb": ("max_message_bytes", lambda mb: int(mb * 1024 * 1024)),
+    "max_pending": ("max_pending", int),
+    "metrics_listen": ("metrics_listen", str),
+    "log_format": ("log_format", str),
+}
+
+
+def config_path(args: argparse.Namespace) -> Path | None:
+    if args.config:
+        return Path(args.config)
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
+
+
 def build_config(args: argparse.Namespace) -> ServeConfig:
-    models = _pairs(args.model, "--model") or {DEFAULT_MODEL_NAME: str(DEFAULT_MODEL_DIR)}
+    """The configuration file (if any), then the flags given on top of it."""
+    path = config_path(args)
+    values: dict[str, Any] = read_config(path) if path is not None else {}
+    for flag, (name, convert) in SIMPLE_FLAGS.items():
+        if getattr(args, flag) is not None:
+            values[name] = convert(getattr(args, flag))
+    flag_models = _pairs(args.model, "--model")
+    if flag_models:
+        values["models"] = tuple(ModelConfig(name=name, path=Path(p)) for name, p in flag_models.items())
+    if not values.get("models") and values.get("model_repository") is None:
+        values["models"] = (ModelConfig(name=DEFAULT_MODEL_NAME, path=DEFAULT_MODEL_DIR),)
+    models: tuple[ModelConfig, ...] = values.get("models", ())
     devices = _pairs(args.device, "--device")
     thresholds = _pairs(args.threshold, "--threshold")
-    for name in set(devices) | set(thresholds):
-        if name not in models:
-            raise SystemExit(f"sodd serve: --device/--threshold name {name!r} is not a served model")
-    return ServeConfig(
-        models=tuple(
-            ModelConfig(
-                name=name, path=Path(path),
-                devices=parse_devices(devices.get(name, "cpu")),
-                threshold=float(thresholds[name]) if name in thresholds else None,
-                max_batch_size=args.max_batch_size,
-            )
-            for name, path in models.items()
-        ),
-        listen=args.listen,
-        max_image_megapixels=args.max_image_megapixels,
-        max_message_bytes=int(args.max_message_mb * 1024 * 1024),
-        max_pending=args.max_pending,
-        cpu_threads=args.threads,
-        metrics_listen=args.metrics_listen,
-        log_format=args.log_format,
-    )
+    policies = _pairs(args.version_policy, "--version-policy")
+    names = {m.name for m in models}
+    for name in set(devices) | set(thresholds) | set(policies):
+        if name not in names and name != "*":
+            raise SystemExit(f"sodd serve: --device/--threshold/--version-policy name {name!r} is not a served "
+                             "model (use * for repository models)")
+
+    def with_flags(model: ModelConfig, name: str) -> ModelConfig:
+        changes: dict[str, Any] = {}
+        if name in devices:
+            changes["devices"] = parse_devices(devices[name])
+        if name in thresholds:
+            changes["threshold"] = float(thresholds[name])
+        if name in policies:
+            changes["version_policy"] = VersionPolicy.parse(policies[name])
+        if args.max_batch_size is not None:
+            changes["max_batch_size"] = args.max_batch_size
+        return dataclasses.replace(model, **changes) if changes else model
+
+    values["models"] = tuple(with_flags(m, m.name) for m in models)
+    repository_defaults = values.get("repository_defaults") or ModelConfig(name="*", path=Path("."))
+    values["repository_defaults"] = with_flags(repository_defaults, "*")
+    return make_config(values)
 
 
 def run(args: argparse.Namespace) -> int:
-    setup_logging(args.log_level, args.log_format)
     try:
         config = build_config(args)
     except (ValueError, SoddError) as exc:
-        print(f"sodd serve: {exc}", file=sys.stderr)
+        setup_logging(args.log_level, args.log_format or "text")
+        print(f"sodd serve: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2
+    setup_logging(args.log_level, config.log_format)
     from sodd.server import serve
 
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, reload_config=lambda: build_config(args)))
     except SoddError as exc:
         print(f"sodd serve: {exc.message}", file=sys.stderr)
+        return 1
+    except (ListenerError, TokenFileError) as exc:  # say it plainly, without a traceback
+        print(f"sodd serve: {exc}", file=sys.stderr)
         return 1
     return 0
