@@ -1,0 +1,282 @@
+"""`sodd slice-report`: plain against sliced inference on real images, for every merge method.
+
+Runs a model directory in-process on a VisDrone image with its ground truth (recall of one class
+at IoU 0.5, for all objects and for those under 32x32 px, and that class's COCO AP at IoU 0.5)
+and on further images without ground truth (box counts), times each way, draws them side by side
+and prints the tables as Markdown. docs/slicing.md holds its output for the shared test images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sodd.model.postprocess import Box, Threshold, finish
+from sodd.model.slicing import MERGE_METHODS, SliceOptions, detect_sliced, plan_slices
+
+SMALL_AREA = 32 * 32  # COCO's "small"
+RECALL_IOU = 0.5
+VISDRONE_CAR = 4  # VisDrone categories 1..10: pedestrian, people, bicycle, car, ...
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "slice-report",
+        help="compare plain and sliced inference on real images (recall, AP50, slices, latency)",
+        description="Plain against sliced inference for each merge method; prints Markdown tables and "
+                    "writes side-by-side drawings.")
+    parser.add_argument("--model", type=Path, required=True, help="a model directory")
+    parser.add_argument("--visdrone", type=Path, required=True,
+                        help="a VisDrone image; its .txt ground truth beside it")
+    parser.add_argument("--images", type=Path, nargs="*", default=[], help="further images, without ground truth")
+    parser.add_argument("--class-id", type=int, default=2, help="the model's class compared (default 2, COCO car)")
+    parser.add_argument("--visdrone-category", type=int, default=VISDRONE_CAR,
+                        help="the VisDrone category it corresponds to (default 4, car)")
+    parser.add_argument("--score", type=float, default=0.3, help="score a box must exceed to count (default 0.3)")
+    parser.add_argument("--ap-score", type=float, default=0.1,
+                        help="threshold for the boxes behind AP50 (default 0.1, SAHI's low-confidence level)")
+    parser.add_argument("--slice", type=int, nargs="*", default=[384],
+                        help="explicit square window sizes to report besides the automatic one (default 384)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per way, the median is shown (default 3)")
+    parser.add_argument("--drawings", type=Path, default=Path("docs/img"),
+                        help="folder for the drawings (default docs/img)")
+    parser.set_defaults(func=run)
+
+
+# --------------------------------------------------------------------------------------------
+# Ground truth and matching
+# --------------------------------------------------------------------------------------------
+
+def read_visdrone(path: Path, category: int) -> np.ndarray:
+    """[N, 4] x1, y1, x2, y2 of one category from a VisDrone annotation file."""
+    boxes = []
+    for line in path.read_text().splitlines():
+        fields = [f for f in line.strip().split(",") if f != ""]
+        if len(fields) >= 6 and int(fields[5]) == category:
+            x, y, w, h = (float(v) for v in fields[:4])
+            boxes.append((x, y, x + w, y + h))
+    return np.array(boxes, dtype=np.float64).reshape(-1, 4)
+
+
+def matched(truth: np.ndarray, boxes: Sequence[Box], iou: float = RECALL_IOU) -> np.ndarray:
+    """Which ground-truth boxes a detection claims: best score first, one detection per object."""
+    found = np.zeros(len(truth), dtype=bool)
+    if not len(truth):
+        return found
+    areas = (truth[:, 2] - truth[:, 0]) * (truth[:, 3] - truth[:, 1])
+    for box in sorted(boxes, key=lambda b: -b.score):
+        inter = (np.clip(np.minimum(truth[:, 2], box.xmax) - np.maximum(truth[:, 0], box.xmin), 0, None)
+                 * np.clip(np.minimum(truth[:, 3], box.ymax) - np.maximum(truth[:, 1], box.ymin), 0, None))
+        overlap = inter / (areas + (box.xmax - box.xmin) * (box.ymax - box.ymin) - inter)
+        overlap[found] = -1.0
+        best = int(np.argmax(overlap))
+        if overlap[best] >= iou:
+            found[best] = True
+    return found
+
+
+def recall(truth: np.ndarray, boxes: Sequence[Box]) -> tuple[float, float]:
+    """Recall of all objects and of those under 32x32 px in area."""
+    found = matched(truth, boxes)
+    small = (truth[:, 2] - truth[:, 0]) * (truth[:, 3] - truth[:, 1]) < SMALL_AREA
+    return float(found.mean()) if len(found) else 0.0, float(found[small].mean()) if small.any() else 0.0
+
+
+def ap50(truth: np.ndarray, boxes: Sequence[Box], width: int, height: int) -> float:
+    from sodd.evaluation import evaluate_coco
+
+    gt = {
+        "images": [{"id": 1, "width": width, "height": height}],
+        "categories": [{"id": 1, "name": "object"}],
+        "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1,
+                         "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]} for i, b in enumerate(truth.tolist())],
+    }
+    detections = [{"image_id": 1, "category_id": 1, "score": b.score,
+                   "bbox": [b.xmin, b.ymin, b.xmax - b.xmin, b.ymax - b.ymin]} for b in boxes]
+    return evaluate_coco(gt, detections).ap50
+
+
+# --------------------------------------------------------------------------------------------
+# Running the ways
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Way:
+    name: str
+    options: SliceOptions | None  # None: the whole image, as the daemon runs it without slicing
+
+
+@dataclass
+class Outcome:
+    way: Way
+    boxes: list[Box]  # the compared class, score above --score
+    ap_boxes: list[Box]  # the compared class, score above --ap-score
+    slices: int
+    seconds: float
+
+
+def ways(slices: Sequence[int]) -> list[Way]:
+    out = [Way("plain", None)]
+    sizes: list[tuple[str, dict]] = [("auto", {"auto": True})]
+    sizes += [(f"{s}px", {"slice_height": s, "slice_width": s}) for s in slices]
+    for label, size in sizes:
+        for method in MERGE_METHODS:
+            for metric in ("ios", "iou"):
+                out.append(Way(f"{label} {method} {metric}", SliceOptions(**size, merge=method, match_metric=metric)))
+    return out
+
+
+def raw_runner(detector) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
+    """The network's rows per image before any threshold, as the daemon's engine returns them."""
+    from sodd import pipeline
+    from sodd.model.postprocess import split_per_image
+
+    served = detector.served
+
+    def run(images: list[np.ndarray]) -> list[np.ndarray]:
+        prepared = pipeline.prepare_images(served.model_dir, images)
+        rows: list[np.ndarray] = []
+        for chunk_range in pipeline.same_shape_runs(prepared, served.config.max_batch_size):
+            chunk = [prepared[i] for i in chunk_range]
+            inputs = pipeline.network_inputs(chunk, served.runner.predictor.input_names)
+            outputs = served.runner.run_sync(inputs).outputs
+            rows.extend(split_per_image(outputs[0], outputs[1]))
+        return rows
+
+    return run
+
+
+def measure(detector, image: np.ndarray, way: Way, class_id: int, score: float, ap_score: float,
+            repeat: int) -> Outcome:
+    model_dir = detector.served.model_dir
+    height, width = image.shape[:2]
+    run = raw_runner(detector)
+
+    def once(threshold: Threshold) -> tuple[list[Box], int]:
+        if way.options is None:
+            return finish(run([image])[0], threshold, model_dir.label_list, width, height), 1
+        result = detect_sliced(image, way.options, model_dir.input_size, run, threshold)
+        return finish(result.rows, threshold, model_dir.label_list, width, height), result.slices_run
+
+    timings = []
+    for _ in range(max(1, repeat)):
+        start = time.perf_counter()
+        boxes, slices = once(score)
+        timings.append(time.perf_counter() - start)
+    ap_boxes, _ = once(ap_score)
+    return Outcome(way, [b for b in boxes if b.cls_id == class_id], [b for b in ap_boxes if b.cls_id == class_id],
+                   slices, statistics.median(timings))
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------
+
+def draw_side_by_side(image_bgr: np.ndarray, panels: Sequence[Outcome], path: Path, width: int = 1600) -> Path:
+    """Panels two per row, each titled, saved as a JPEG small enough for the docs."""
+    from PIL import Image, ImageDraw, ImageFont
+    from sodd_client.results import draw
+
+    rgb = Image.fromarray(image_bgr[:, :, ::-1])
+    drawn = []
+    for outcome in panels:
+        result = {"boxes": [{"label": b.label, "score": b.score, "coordinate": b.coordinate} for b in outcome.boxes]}
+        picture = draw(rgb, result)
+        title = f"{outcome.way.name}: {len(outcome.boxes)} boxes, {outcome.slices} run(s)"
+        canvas = ImageDraw.Draw(picture)
+        font = ImageFont.load_default(size=max(14, picture.width // 40))
+        canvas.rectangle(canvas.textbbox((8, 8), title, font=font), fill=(0, 0, 0))
+        canvas.text((8, 8), title, fill=(255, 255, 255), font=font)
+        drawn.append(picture)
+    columns = 2 if len(drawn) > 1 else 1
+    rows = (len(drawn) + columns - 1) // columns
+    cell_w = width // columns
+    cell_h = round(rgb.height * cell_w / rgb.width)
+    sheet = Image.new("RGB", (cell_w * columns, cell_h * rows), (255, 255, 255))
+    for i, picture in enumerate(drawn):
+        sheet.paste(picture.resize((cell_w, cell_h), Image.LANCZOS), ((i % columns) * cell_w, (i // columns) * cell_h))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for quality in (80, 70, 60, 50):  # the docs keep each drawing under 300 KB
+        sheet.save(path, "JPEG", quality=quality, optimize=True)
+        if path.stat().st_size < 300_000:
+            break
+    return path
+
+
+def _pct(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def run(args: argparse.Namespace) -> int:
+    import cv2
+
+    from sodd.local import LocalDetector
+
+    truth_file = args.visdrone.with_suffix(".txt")
+    for path in (args.model, args.visdrone, truth_file, *args.images):
+        if not path.exists():
+            print(f"{path} does not exist", file=sys.stderr)
+            return 2
+    truth = read_visdrone(truth_file, args.visdrone_category)
+    detector = LocalDetector(args.model, threads=args.threads)
+    try:
+        label = detector.labels[args.class_id] if args.class_id < len(detector.labels) else str(args.class_id)
+        candidates = ways(args.slice)
+        image = cv2.imread(str(args.visdrone))
+        height, width = image.shape[:2]
+        small = int(((truth[:, 2] - truth[:, 0]) * (truth[:, 3] - truth[:, 1]) < SMALL_AREA).sum())
+        windows = plan_slices(width, height, SliceOptions(auto=True), detector.served.model_dir.input_size)
+        auto_hw = (windows[0][3] - windows[0][1], windows[0][2] - windows[0][0])
+        print(f"### {args.visdrone.name} ({width}x{height}), {len(truth)} {label}s, {small} under 32x32 px\n")
+        print(f"Automatic windows: {auto_hw[1]}x{auto_hw[0]}. Recall at IoU {RECALL_IOU} of boxes scoring above "
+              f"{args.score}; AP50 from boxes scoring above {args.ap_score}; latency is the median of "
+              f"{args.repeat} runs.\n")
+        print("| way | merge | metric | recall | small recall | AP50 | runs | latency s |")
+        print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+        outcomes = []
+        for way in candidates:
+            outcome = measure(detector, image, way, args.class_id, args.score, args.ap_score, args.repeat)
+            outcomes.append(outcome)
+            r_all, r_small = recall(truth, outcome.boxes)
+            size, method, metric = (way.name.split() + ["-", "-"])[:3]
+            print(f"| {size} | {method} | {metric} | {_pct(r_all)} | {_pct(r_small)} | "
+                  f"{_pct(ap50(truth, outcome.ap_boxes, width, height))} | {outcome.slices} | "
+                  f"{outcome.seconds:.2f} |", flush=True)
+        path = draw_side_by_side(image, _panels(outcomes, args.slice),
+                                 args.drawings / f"slicing-{args.visdrone.stem}.jpg")
+        print(f"\n![plain and sliced]({path.as_posix()})\n")
+
+        for extra in args.images:
+            image = cv2.imread(str(extra))
+            height, width = image.shape[:2]
+            print(f"### {extra.name} ({width}x{height}), no ground truth\n")
+            print(f"| way | merge | metric | {label} boxes | runs | latency s |")
+            print("| --- | --- | --- | ---: | ---: | ---: |")
+            outcomes = []
+            for way in candidates:
+                outcome = measure(detector, image, way, args.class_id, args.score, args.ap_score, args.repeat)
+                outcomes.append(outcome)
+                size, method, metric = (way.name.split() + ["-", "-"])[:3]
+                print(f"| {size} | {method} | {metric} | {len(outcome.boxes)} | {outcome.slices} | "
+                      f"{outcome.seconds:.2f} |", flush=True)
+            path = draw_side_by_side(image, _panels(outcomes, args.slice), args.drawings / f"slicing-{extra.stem}.jpg")
+            print(f"\n![plain and sliced]({path.as_posix()})\n")
+    finally:
+        detector.close()
+    return 0
+
+
+def _panels(outcomes: Sequence[Outcome], slices: Sequence[int]) -> list[Outcome]:
+    """Plain, then each merge method (IoS) at the first explicit size, or the automatic one."""
+    size = f"{slices[0]}px" if slices else "auto"
+    wanted = ["plain"] + [f"{size} {method} ios" for method in MERGE_METHODS]
+    by_name = {o.way.name: o for o in outcomes}
+    return [by_name[name] for name in wanted if name in by_name]
