@@ -63,6 +63,8 @@ def _host_port(v: str) -> str | None:
 CHECKS: dict[str, Callable[[Any], str | None]] = {
     "threshold": _within(0, 1),
     "max_batch_size": _at_least(1),
+    "instances": _at_least(1),
+    "max_queue_delay_seconds": _within(0, 10),
     "max_image_megapixels": _above(0),
     "max_message_bytes": _at_least(1024),
     "max_pending": _at_least(1),
@@ -122,18 +124,16 @@ def convert(value: Any, tp: Any, key: str, base_dir: Path) -> Any:
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         (item_type, *_) = typing.get_args(tp)
         return tuple(convert(v, item_type, f"{key}[{i}]", base_dir) for i, v in enumerate(value))
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a table, got {value!r}")
-        return build(tp, value, key, base_dir)
     parse = getattr(tp, "parse", None)
-    if callable(parse):  # small value types with a text form, e.g. VersionPolicy.parse("latest:2")
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if callable(parse) and isinstance(value, str):  # value types with a text form: VersionPolicy.parse("latest:2")
         try:
             return parse(value)
         except (ValueError, SoddError) as exc:
             raise ConfigError(f"{key}: {getattr(exc, 'message', exc)}") from exc
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected {'a string or ' if callable(parse) else ''}a table, got {value!r}")
+        return build(tp, value, key, base_dir)
     raise ConfigError(f"{key}: the file cannot set a field of type {_type_name(tp)}")
 
 
@@ -170,7 +170,7 @@ def convert_fields(cls: type, table: Mapping[str, Any], prefix: str, base_dir: P
             hint = f"; did you mean {near[0]!r}?" if near else f"; known keys: {', '.join(sorted(known))}"
             raise ConfigError(f"{key}: unknown key{hint}")
         default = _default_of(fields[name])
-        if dataclasses.is_dataclass(default):
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
             converted = _update(default, value, key, base_dir)
         else:
             converted = convert(value, hints[name], key, base_dir)
@@ -226,6 +226,6 @@ def read_config(path: Path) -> dict[str, Any]:
 def make_config(values: Mapping[str, Any]) -> ServeConfig:
     """The final object; its own checks name the key in their messages."""
     try:
-        return ServeConfig(**values)
+        return ServeConfig(**{"models": (), **values})
     except (ValueError, SoddError) as exc:
         raise ConfigError(str(getattr(exc, "message", exc))) from exc
