@@ -76,8 +76,8 @@ STAGE_FIELDS = {
     "slicing": "slicing_seconds",
     "merging": "merging_seconds",
 }
-# Stages that run once per request; the others run once per predictor batch.
-PER_REQUEST_STAGES = ("decode", "preprocess", "slicing", "merging")
+# Stages that run once per request, for all its images together; the others are per image.
+PER_REQUEST_STAGES = ("decode", "preprocess")
 # Stages every request goes through: their series exist from start-up so rate() has a zero to
 # start from.
 ALWAYS_STAGES = ("decode", "preprocess", "queue_wait", "inference", "postprocess")
@@ -135,6 +135,7 @@ class Metrics:
                                        buckets=LOAD_BUCKETS, registry=r)
         self.swap_failures = Counter("sodd_model_swap_failures", "Swaps that failed and left the old version "
                                      "serving, labelled with the version that failed.", MODEL_LABELS, registry=r)
+        self._start_request_series((UNKNOWN, UNKNOWN, UNKNOWN), latency=False)
         build = Info("sodd_build", "The daemon's version and its main runtime components.", registry=r)
         build.info({"version": _package_version("sodd"), "python": platform.python_version(),
                     "grpcio": _package_version("grpcio"), "paddlepaddle": _package_version("paddlepaddle")})
@@ -147,17 +148,24 @@ class Metrics:
 
     def model_ready(self, served: ServedModel) -> None:
         labels = (served.name, str(served.version), served.device)
-        # Series that exist from the start let rate() and alerts see the first request.
         self.in_flight.labels(*labels)
-        for method in DETECT_METHODS.values():
-            self.requests.labels(*labels, method, grpc.StatusCode.OK.name)
-            self.request_duration.labels(*labels, method, grpc.StatusCode.OK.name)
+        self._start_request_series(labels)
         for stage in ALWAYS_STAGES:
             self.stage_duration.labels(*labels, stage)
         for family in (self.detections, self.input_pixels):
             family.labels(*labels)
         # Attached once warm-up is over, so warm-up runs are not counted as batches.
         served.runner.observe_batch = self.batch_size.labels(*labels).observe
+
+    def _start_request_series(self, labels: tuple[str, str, str], latency: bool = True) -> None:
+        """A series that first appears with a value hides that value from rate(): the first errors
+        would never raise an error ratio. So every code starts at zero, as go-grpc-prometheus does;
+        latency histograms only for OK, as they are 17 series each."""
+        for method in DETECT_METHODS.values():
+            for code in grpc.StatusCode:
+                self.requests.labels(*labels, method, code.name)
+            if latency:
+                self.request_duration.labels(*labels, method, grpc.StatusCode.OK.name)
 
     def observe_stage(self, name: str, version: int, device: str, stage: str, seconds: float) -> None:
         """For stages measured outside a response's StageTimings."""
@@ -326,20 +334,14 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         for r in results:
             m.detections.labels(*labels).observe(len(r.boxes))
             m.input_pixels.labels(*labels).observe(r.image_width * r.image_height)
-        # A batch request repeats its per-request stage times in every result, and the times of a
-        # predictor run in every image of that run: observe each stage once per time it ran.
+        # Decode and preprocess handle all of a request's images at once: one value per request.
+        # The other stages are per image: how long that image waited, the predictor run that
+        # carried it (shared with its batch mates), its own postprocess, slicing and merging.
         present = {f.name for f in results[0].timings.DESCRIPTOR.fields}
-        per_request = [(s, f) for s, f in STAGE_FIELDS.items() if f in present and s in PER_REQUEST_STAGES]
-        per_run = [(s, f) for s, f in STAGE_FIELDS.items() if f in present and s not in PER_REQUEST_STAGES]
-        for stage, field in per_request:
-            self._observe_stage(labels, stage, getattr(results[0].timings, field))
-        seen_runs: set[tuple[float, ...]] = set()
-        for r in results:
-            run = tuple(getattr(r.timings, field) for _, field in per_run)
-            if run not in seen_runs:
-                seen_runs.add(run)
-                for (stage, _), value in zip(per_run, run, strict=True):
-                    self._observe_stage(labels, stage, value)
+        stages = [(stage, field) for stage, field in STAGE_FIELDS.items() if field in present]
+        for stage, field in stages:
+            for r in results[:1] if stage in PER_REQUEST_STAGES else results:
+                self._observe_stage(labels, stage, getattr(r.timings, field))
 
     def _observe_stage(self, labels: tuple[str, str, str], stage: str, value: float) -> None:
         if stage not in ALWAYS_STAGES and not value:
