@@ -5,6 +5,10 @@
     sodd-client --server HOST:PORT models [--json]
     sodd-client --server HOST:PORT devices [--json]
 
+--server also takes unix:/path/to/socket. --token (or the SODD_TOKEN environment variable, which
+keeps the token out of the process list) sends a bearer token; --tls-ca turns TLS on and
+--tls-cert/--tls-key add a client certificate for mutual TLS.
+
 INPUT is an image file, a directory of images, or an http(s) URL that this client fetches (the
 daemon never fetches URLs). Errors print the gRPC status and exit non-zero.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 import urllib.request
 from dataclasses import dataclass
@@ -127,7 +132,12 @@ def cmd_devices(client: Client, args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sodd-client", description="Call a sodd daemon.")
-    parser.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT of the daemon")
+    parser.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT or unix:/path of the daemon")
+    parser.add_argument("--token", default=os.environ.get("SODD_TOKEN"),
+                        help="bearer token (default: the SODD_TOKEN environment variable)")
+    parser.add_argument("--tls-ca", metavar="FILE", help="CA certificate (PEM) the daemon's certificate must chain to")
+    parser.add_argument("--tls-cert", metavar="FILE", help="client certificate (PEM) for mutual TLS")
+    parser.add_argument("--tls-key", metavar="FILE", help="private key (PEM) of --tls-cert")
     parser.add_argument("--timeout", type=float, default=60.0, help="per-call deadline in seconds")
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("detect", help="detect objects in images")
@@ -154,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         print("sodd-client: --batch-size must be at least 1", file=sys.stderr)
         return 2
     try:
-        with Client(args.server, timeout=args.timeout) as client:
+        with Client(args.server, timeout=args.timeout, token=args.token, tls_ca=args.tls_ca,
+                    tls_cert=args.tls_cert, tls_key=args.tls_key) as client:
             return args.func(client, args)
     except grpc.RpcError as exc:
         print(f"sodd-client: {exc.code().name}: {exc.details()}", file=sys.stderr)

@@ -12,6 +12,7 @@ import grpc
 
 from sodd.v1 import detector_pb2 as pb
 from sodd.v1 import detector_pb2_grpc as pb_grpc
+from sodd_client.channel import open_aio_channel, open_channel
 
 Threshold = float | Mapping[int, float] | None
 ImageInput = bytes | pb.Image
@@ -60,11 +61,15 @@ def batch_request(images: Sequence[ImageInput], model: str = "", version: int = 
 
 
 class Client:
-    """Blocking client. `timeout` is the per-call deadline in seconds."""
+    """Blocking client. `timeout` is the per-call deadline in seconds. `address` is HOST:PORT or
+    unix:/path; `token` is sent as a bearer token, `tls_ca` (and `tls_cert` + `tls_key` for mutual
+    TLS) turn TLS on."""
 
     def __init__(self, address: str, timeout: float | None = 60.0,
-                 channel: grpc.Channel | None = None) -> None:
-        self._channel = channel or grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+                 channel: grpc.Channel | None = None, *, token: str | None = None, tls_ca: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None) -> None:
+        self._channel = channel or open_channel(address, CHANNEL_OPTIONS, token=token, tls_ca=tls_ca,
+                                                tls_cert=tls_cert, tls_key=tls_key)
         self._stub = pb_grpc.DetectorStub(self._channel)
         self.timeout = timeout
 
@@ -102,8 +107,10 @@ class AsyncClient:
     """asyncio client with the same calls as `Client`."""
 
     def __init__(self, address: str, timeout: float | None = 60.0,
-                 channel: grpc.aio.Channel | None = None) -> None:
-        self._channel = channel or grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+                 channel: grpc.aio.Channel | None = None, *, token: str | None = None, tls_ca: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None) -> None:
+        self._channel = channel or open_aio_channel(address, CHANNEL_OPTIONS, token=token, tls_ca=tls_ca,
+                                                    tls_cert=tls_cert, tls_key=tls_key)
         self._stub = pb_grpc.DetectorStub(self._channel)
         self.timeout = timeout
 
