@@ -237,3 +237,44 @@ def test_plugin_options_are_checked(tiny_model_dirs: dict[str, Path], tmp_path: 
     with pytest.raises(FailedPrecondition, match="target=x86"):
         ArmLitePlugin().load(model, "arm", {"target": "arm", "cache_dir": str(tmp_path)})
     assert not list(tmp_path.iterdir())
+
+
+@needs_lite
+def test_lite_settings_the_build_cannot_apply_are_reported(tiny_model_dirs: dict[str, Path], lite_cache: Path) -> None:
+    from hw_plugins.arm_lite import ArmLitePlugin
+
+    predictor = ArmLitePlugin().load(read_model_dir(tiny_model_dirs["both"]), "arm",
+                                     {"cache_dir": str(lite_cache), "threads": "2", "power_mode": "high"})
+    from paddlelite import lite
+
+    if not hasattr(lite.MobileConfig(), "set_threads"):  # the x86 wheel
+        assert "threads ignored" in predictor.notes and "power_mode ignored" in predictor.notes
+
+
+def test_tensorrt_shapes_come_from_hpi_else_from_the_resize_target(picodet_dir: Path, tiny_model_dirs: dict[str, Path],
+                                                                   tmp_path: Path) -> None:
+    import shutil
+
+    import yaml
+
+    from hw_plugins.gpu import GpuPlugin, trt_dynamic_shapes
+
+    shapes = trt_dynamic_shapes(read_model_dir(picodet_dir), max_batch=4)
+    assert shapes["image"] == [[1, 3, 416, 416], [1, 3, 416, 416], [4, 3, 416, 416]]
+    assert shapes["scale_factor"] == [[1, 2], [1, 2], [4, 2]]
+
+    with_hpi = tmp_path / "hpi"
+    shutil.copytree(tiny_model_dirs["both"], with_hpi)
+    yml = yaml.safe_load((with_hpi / "inference.yml").read_text())
+    yml["Hpi"] = {"backend_configs": {"paddle_infer": {"trt_dynamic_shapes": {
+        "image": [[1, 3, 320, 320], [2, 3, 320, 320], [16, 3, 320, 320]],
+        "scale_factor": [[1, 2], [2, 2], [16, 2]]}}}}
+    (with_hpi / "inference.yml").write_text(yaml.safe_dump(yml))
+    shapes = trt_dynamic_shapes(read_model_dir(with_hpi), max_batch=4)
+    assert shapes == yml["Hpi"]["backend_configs"]["paddle_infer"]["trt_dynamic_shapes"]
+
+    # Options are checked before any CUDA call, so this runs on machines without a GPU too.
+    with pytest.raises(InvalidArgument, match="mode must be one of"):
+        GpuPlugin().load(read_model_dir(picodet_dir), "gpu:0", {"mode": "trt_int4"})
+    with pytest.raises(InvalidArgument, match="unknown option"):
+        GpuPlugin().load(read_model_dir(picodet_dir), "gpu:0", {"precision": "fp16"})
