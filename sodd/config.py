@@ -24,6 +24,10 @@ class ModelConfig:
     # The daemon-level threshold for this model; None falls back to draw_threshold, then 0.5.
     threshold: float | None = None
     max_batch_size: int = 8
+    # How long a queued image may wait for others to fill a batch; 0 batches only what already waits.
+    max_queue_delay_seconds: float = 0.0
+    # Predictor instances (threads) per loaded version; Paddle Inference clones share weights.
+    instances: int = 1
     # Which complete versions of the model's directory to serve.
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
 
@@ -34,6 +38,10 @@ class ModelConfig:
             raise ValueError(f"model {self.name}: threshold {self.threshold} is outside [0, 1]")
         if self.max_batch_size < 1:
             raise ValueError(f"model {self.name}: max_batch_size must be at least 1")
+        if self.instances < 1:
+            raise ValueError(f"model {self.name}: instances must be at least 1")
+        if not (0 <= self.max_queue_delay_seconds <= 10):
+            raise ValueError(f"model {self.name}: max_queue_delay_seconds must be in [0, 10]")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,11 @@
-"""Running predictors: one thread per predictor, with a bound on how many requests may wait.
+"""Running predictors: per-model queue, dynamic batching, predictor instances, admission control.
 
-Paddle predictors are not thread-safe, so each one is driven from a single worker thread; the
-asyncio server never blocks on it. A full queue refuses at once (RESOURCE_EXHAUSTED) instead of
-letting latency grow without bound.
+Each loaded model version has one queue of images and one worker thread per predictor instance
+(Paddle predictors are not thread-safe; clones share weights). A worker takes the oldest image,
+adds images of the same shape that are waiting — or arrive within `max_queue_delay` — up to
+`max_batch_size`, runs them as one batch and splits the rows back per image. Images whose client
+cancelled or whose deadline passed are dropped before inference. A full queue refuses at once
+(RESOURCE_EXHAUSTED); every accepted image gets a result or an error, never silence.
 """
 
 from __future__ import annotations
@@ -10,71 +13,188 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
 
-from sodd.errors import ResourceExhausted
+from sodd.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from sodd.model.postprocess import split_per_image
+from sodd.model.preprocess import Prepared, batch_inputs
 from sodd.plugin import Predictor
 
 
 @dataclass(frozen=True)
 class RunResult:
+    """A raw run: the program's outputs for inputs batched by the caller."""
+
     outputs: list[np.ndarray]
     queue_seconds: float
     inference_seconds: float
 
 
+@dataclass(frozen=True)
+class ImageResult:
+    """One image's raw box rows ([n, 6], original pixels) and how it was run."""
+
+    rows: np.ndarray
+    queue_seconds: float
+    inference_seconds: float
+    batch_size: int
+
+
+@dataclass
+class _Job:
+    future: Future
+    enqueued: float
+    deadline: float | None  # time.monotonic() deadline
+    prepared: Prepared | None = None  # one image, batched with others
+    inputs: Mapping[str, np.ndarray] | None = None  # or a raw run, alone
+
+    def batchable_with(self, other: _Job) -> bool:
+        return (self.prepared is not None and other.prepared is not None
+                and self.prepared.image.shape == other.prepared.image.shape)
+
+
 class ModelRunner:
-    def __init__(self, predictor: Predictor, max_pending: int, name: str) -> None:
-        self.predictor = predictor
+    def __init__(self, predictors: Predictor | Sequence[Predictor], max_pending: int, name: str,
+                 max_batch_size: int = 8, max_queue_delay: float = 0.0) -> None:
+        self.predictors = [predictors] if isinstance(predictors, Predictor) else list(predictors)
+        self.predictor = self.predictors[0]
+        self.max_pending = max_pending
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay = max_queue_delay
         # Told the number of images in each predictor run (metrics set it once the model serves).
         self.observe_batch: Callable[[int], None] | None = None
-        self.max_pending = max_pending
-        self._pending = 0
-        self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
+        self._queue: deque[_Job] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._threads = [threading.Thread(target=self._work, args=(p,), name=f"infer-{name}-{i}", daemon=True)
+                         for i, p in enumerate(self.predictors)]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def pending(self) -> int:
-        return self._pending
+        """Images waiting for a predictor."""
+        return len(self._queue)
 
-    def _admit(self) -> None:
-        with self._lock:
-            if self._pending >= self.max_pending:
+    # -- submitting ------------------------------------------------------------------------
+
+    def _enqueue(self, jobs: list[_Job]) -> None:
+        with self._cond:
+            if self._stopping:
+                raise Unavailable("the model version is shutting down; retry")
+            if len(self._queue) + len(jobs) > self.max_pending:
                 raise ResourceExhausted(
-                    f"the model's queue is full ({self.max_pending} requests waiting); retry later"
-                )
-            self._pending += 1
+                    f"the model's queue is full ({len(self._queue)} images waiting, limit {self.max_pending}); "
+                    "retry later")
+            self._queue.extend(jobs)
+            self._cond.notify_all()
 
-    def _release(self) -> None:
-        with self._lock:
-            self._pending -= 1
+    def submit(self, prepared: Sequence[Prepared], deadline: float | None = None) -> list[Future]:
+        now = time.perf_counter()
+        jobs = [_Job(Future(), now, deadline, prepared=p) for p in prepared]
+        self._enqueue(jobs)
+        return [j.future for j in jobs]
 
-    def _timed_run(self, inputs: Mapping[str, np.ndarray], submitted: float) -> RunResult:
-        started = time.perf_counter()
-        outputs = self.predictor.run(inputs)
-        if self.observe_batch is not None and inputs:
-            self.observe_batch(len(next(iter(inputs.values()))))
-        return RunResult(outputs, started - submitted, time.perf_counter() - started)
+    async def run_images(self, prepared: Sequence[Prepared], deadline: float | None = None) -> list[ImageResult]:
+        futures = [asyncio.wrap_future(f) for f in self.submit(prepared, deadline)]
+        try:
+            return list(await asyncio.gather(*futures))
+        finally:
+            for f in futures:  # a cancelled request withdraws its images that have not run yet
+                f.cancel()
+
+    def run_images_sync(self, prepared: Sequence[Prepared], deadline: float | None = None) -> list[ImageResult]:
+        return [f.result() for f in self.submit(prepared, deadline)]
+
+    def _submit_raw(self, inputs: Mapping[str, np.ndarray]) -> Future:
+        job = _Job(Future(), time.perf_counter(), None, inputs=inputs)
+        self._enqueue([job])
+        return job.future
 
     async def run(self, inputs: Mapping[str, np.ndarray]) -> RunResult:
-        self._admit()
-        try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, self._timed_run, inputs, time.perf_counter())
-        finally:
-            self._release()
+        return await asyncio.wrap_future(self._submit_raw(inputs))
 
     def run_sync(self, inputs: Mapping[str, np.ndarray]) -> RunResult:
-        self._admit()
+        return self._submit_raw(inputs).result()
+
+    # -- working ---------------------------------------------------------------------------
+
+    def _next_batch(self) -> list[_Job] | None:
+        with self._cond:
+            while not self._queue:
+                if self._stopping:
+                    return None
+                self._cond.wait()
+            batch = [self._queue.popleft()]
+            if batch[0].inputs is not None:
+                return batch
+            until = time.perf_counter() + self.max_queue_delay
+            while len(batch) < self.max_batch_size:
+                for job in list(self._queue):
+                    if len(batch) == self.max_batch_size:
+                        break
+                    if job.batchable_with(batch[0]):
+                        self._queue.remove(job)
+                        batch.append(job)
+                remaining = until - time.perf_counter()
+                if len(batch) == self.max_batch_size or remaining <= 0 or self._stopping:
+                    break
+                self._cond.wait(remaining)
+            return batch
+
+    def _work(self, predictor: Predictor) -> None:
+        while (batch := self._next_batch()) is not None:
+            now = time.monotonic()
+            live = []
+            for job in batch:
+                if not job.future.set_running_or_notify_cancel():
+                    continue  # the client went away before its image ran
+                if job.deadline is not None and now > job.deadline:
+                    job.future.set_exception(DeadlineExceeded("the deadline passed while the request was queued"))
+                    continue
+                live.append(job)
+            if live:
+                self._run(predictor, live)
+
+    def _run(self, predictor: Predictor, jobs: list[_Job]) -> None:
+        started = time.perf_counter()
         try:
-            return self._executor.submit(self._timed_run, inputs, time.perf_counter()).result()
-        finally:
-            self._release()
+            if jobs[0].inputs is not None:
+                outputs = predictor.run(jobs[0].inputs)
+                jobs[0].future.set_result(RunResult(outputs, started - jobs[0].enqueued,
+                                                    time.perf_counter() - started))
+                return
+            outputs = predictor.run(batch_inputs([j.prepared for j in jobs], predictor.input_names))
+            elapsed = time.perf_counter() - started
+            if len(outputs) < 2:
+                raise ValueError(f"the program returned {len(outputs)} outputs; a detector returns boxes and counts")
+            rows = split_per_image(outputs[0], outputs[1])
+            if len(rows) != len(jobs):
+                raise ValueError(f"the program returned counts for {len(rows)} images, {len(jobs)} were sent")
+            if self.observe_batch is not None:
+                self.observe_batch(len(jobs))
+            for job, image_rows in zip(jobs, rows, strict=True):
+                job.future.set_result(ImageResult(image_rows, started - job.enqueued, elapsed, len(jobs)))
+        except Exception as exc:  # noqa: BLE001 - the error belongs to these requests, not the worker
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(exc)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
-        self.predictor.close()
+        with self._cond:
+            self._stopping = True
+            leftover = list(self._queue)
+            self._queue.clear()
+            self._cond.notify_all()
+        for job in leftover:
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(Unavailable("the model version was unloaded; retry"))
+        for thread in self._threads:
+            thread.join()
+        for predictor in self.predictors:
+            predictor.close()

@@ -33,6 +33,10 @@ class ResourceExhausted(SoddError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class DeadlineExceeded(SoddError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class Unavailable(SoddError):
     code = grpc.StatusCode.UNAVAILABLE
 

@@ -36,13 +36,9 @@ class LocalDetector:
         model_dir = self.served.model_dir
         resolved = resolve_threshold(threshold, None, model_dir.draw_threshold)
         prepared = pipeline.prepare_images(model_dir, images_bgr)
-        results: list[list[Box]] = []
-        for run in pipeline.same_shape_runs(prepared, self.served.config.max_batch_size):
-            chunk = [prepared[i] for i in run]
-            outputs = self.served.runner.run_sync(
-                pipeline.network_inputs(chunk, self.served.runner.predictor.input_names)).outputs
-            results.extend(pipeline.boxes_per_image(outputs, chunk, model_dir, resolved, max_detections))
-        return results
+        results = self.served.runner.run_images_sync(prepared)
+        return [finish(r.rows, resolved, model_dir.label_list, p.original_hw[1], p.original_hw[0], max_detections)
+                for p, r in zip(prepared, results, strict=True)]
 
     def detect(self, image_bgr: np.ndarray, threshold: Threshold | None = None, max_detections: int = 0) -> list[Box]:
         return self.detect_batch([image_bgr], threshold, max_detections)[0]

@@ -213,7 +213,8 @@ class ModelRegistry:
                 continue
             served = ServedModel(
                 config=config, version=version, model_dir=model_dir, device=device.name,
-                runner=ModelRunner(predictor, self._max_pending, config.name),
+                runner=ModelRunner(self._instances(predictor, config), self._max_pending, config.name,
+                                   config.max_batch_size, config.max_queue_delay_seconds),
                 notes="; ".join(failures + ([predictor.notes] if predictor.notes else [])),
                 fingerprint=fingerprint,
             )
@@ -224,6 +225,15 @@ class ModelRegistry:
                 raise
             return served
         raise FailedPrecondition(f"model {config.name} could not be loaded on any device: " + "; ".join(failures))
+
+    @staticmethod
+    def _instances(predictor: Predictor, config: ModelConfig) -> list[Predictor]:
+        """The predictor and its clones; a backend without `clone` runs one instance."""
+        clone = getattr(predictor, "clone", None)
+        if config.instances > 1 and clone is None:
+            log.warning("model %s: this backend cannot clone predictors; running 1 instance, not %d",
+                        config.name, config.instances)
+        return [predictor] + ([clone() for _ in range(config.instances - 1)] if clone else [])
 
     def publish(self, served: ServedModel) -> ServedModel | None:
         """Make `served` answer requests; returns the version object it replaces, if any."""

@@ -24,7 +24,7 @@ from sodd.config import ServeConfig
 from sodd.errors import InvalidArgument, NotFound, SoddError
 from sodd.manager import ModelManager
 from sodd.model.decode import decode_encoded, decode_raw
-from sodd.model.postprocess import Box, Threshold, resolve_threshold
+from sodd.model.postprocess import Box, Threshold, finish, resolve_threshold
 from sodd.registry import ModelEvent, ModelRegistry, ModelState, ServedModel, VersionStatus
 from sodd.v1 import detector_pb2 as pb
 from sodd.v1 import detector_pb2_grpc as pb_grpc
@@ -70,6 +70,12 @@ def decode_image(image: pb.Image, max_pixels: int, field: str) -> np.ndarray:
         raw = image.raw
         return decode_raw(raw.height, raw.width, raw.channels, raw.data, max_pixels, f"{field}.raw")
     raise InvalidArgument(f"{field} is missing: set {field}.encoded or {field}.raw")
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The client's deadline on the monotonic clock the engine uses, if it set one."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
 
 
 def box_message(box: Box) -> pb.Box:
@@ -125,30 +131,28 @@ class DetectorService(pb_grpc.DetectorServicer):
         return result, time.perf_counter() - started
 
     async def _detect_images(self, served: ServedModel, images: Sequence[pb.Image], fields: Sequence[str],
-                             threshold: Threshold, max_detections: int, request_id: str) -> list[pb.DetectResponse]:
+                             threshold: Threshold, max_detections: int, request_id: str,
+                             deadline: float | None = None) -> list[pb.DetectResponse]:
         decoded, decode_s = await self._in_worker(
             lambda: [decode_image(img, self._config.max_pixels, f) for img, f in zip(images, fields, strict=True)])
         model_dir = served.model_dir
         prepared, preprocess_s = await self._in_worker(pipeline.prepare_images, model_dir, decoded)
-        responses: list[pb.DetectResponse] = [pb.DetectResponse()] * len(prepared)
-        for run in pipeline.same_shape_runs(prepared, served.config.max_batch_size):
-            chunk = [prepared[i] for i in run]
-            inputs = pipeline.network_inputs(chunk, served.runner.predictor.input_names)
-            result = await served.runner.run(inputs)
+        results = await served.runner.run_images(prepared, deadline)
+        responses = []
+        for item, result in zip(prepared, results, strict=True):
             post_start = time.perf_counter()
-            boxes = pipeline.boxes_per_image(result.outputs, chunk, model_dir, threshold, max_detections)
-            post_s = time.perf_counter() - post_start
-            for i, image_boxes in zip(run, boxes, strict=True):
-                responses[i] = pb.DetectResponse(
-                    request_id=request_id, boxes=[box_message(b) for b in image_boxes],
-                    image_width=chunk[i - run.start].original_hw[1], image_height=chunk[i - run.start].original_hw[0],
-                    model=served.name, version=served.version, device=served.device,
-                    timings=pb.StageTimings(
-                        decode_seconds=decode_s, preprocess_seconds=preprocess_s,
-                        queue_seconds=result.queue_seconds, inference_seconds=result.inference_seconds,
-                        postprocess_seconds=post_s,
-                    ),
-                )
+            boxes = finish(result.rows, threshold, model_dir.label_list, item.original_hw[1], item.original_hw[0],
+                           max_detections)
+            responses.append(pb.DetectResponse(
+                request_id=request_id, boxes=[box_message(b) for b in boxes],
+                image_width=item.original_hw[1], image_height=item.original_hw[0],
+                model=served.name, version=served.version, device=served.device,
+                timings=pb.StageTimings(
+                    decode_seconds=decode_s, preprocess_seconds=preprocess_s,
+                    queue_seconds=result.queue_seconds, inference_seconds=result.inference_seconds,
+                    postprocess_seconds=time.perf_counter() - post_start,
+                ),
+            ))
         return responses
 
     def _resolve(self, served: ServedModel, request: pb.DetectRequest | pb.DetectBatchRequest) -> Threshold:
@@ -175,7 +179,7 @@ class DetectorService(pb_grpc.DetectorServicer):
             with self._registry.lease(request.model, request.version) as served:
                 threshold = self._resolve(served, request)
                 (response,) = await self._detect_images(served, [request.image], ["image"], threshold,
-                                                        request.max_detections, request_id)
+                                                        request.max_detections, request_id, deadline_of(context))
             return response
 
         return await self._guard(context, work(), "Detect", request_id)
@@ -191,7 +195,7 @@ class DetectorService(pb_grpc.DetectorServicer):
                     raise InvalidArgument("images is empty: send at least one image")
                 fields = [f"images[{i}]" for i in range(len(request.images))]
                 results = await self._detect_images(served, request.images, fields, threshold,
-                                                    request.max_detections, request_id)
+                                                    request.max_detections, request_id, deadline_of(context))
             return pb.DetectBatchResponse(request_id=request_id, results=results)
 
         return await self._guard(context, work(), "DetectBatch", request_id)

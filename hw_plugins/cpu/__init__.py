@@ -8,6 +8,7 @@ oneDNN fails, builds the predictor without it and says so in `notes`.
 
 from __future__ import annotations
 
+import copy
 import os
 import platform
 from collections.abc import Mapping
@@ -44,6 +45,12 @@ class PaddleCpuPredictor:
     @property
     def input_names(self) -> tuple[str, ...]:
         return self._input_names
+
+    def clone(self) -> PaddleCpuPredictor:
+        """Another instance sharing this one's weights, for a second worker thread."""
+        twin = copy.copy(self)
+        twin._predictor = self._predictor.clone()
+        return twin
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         for name in self._input_names:
