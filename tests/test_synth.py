@@ -38,3 +38,11 @@ def test_most_objects_are_small():
     sides = np.array(sides)
     assert len(sides) > 60
     assert (sides < 32).mean() > 0.7
+
+
+def test_cli_writes_dataset(tmp_path, capsys):
+    from sodd.cli import main
+
+    assert main(["synth", "--output", str(tmp_path), "--train", "2", "--val", "1", "--size", "96", "96"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == {"train": 2, "val": 1}
+    assert len(list((tmp_path / "images").glob("*.jpg"))) == 3
