@@ -157,3 +157,31 @@ def serve_exit(args: list[str], env: dict[str, str] | None = None, timeout: floa
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
                             env={**os.environ, **(env or {})})
     return result.returncode, result.stderr
+
+
+@pytest.fixture(scope="session")
+def sod_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real PP-YOLOE+ SOD architecture (small config, 128 px, 6 classes) through our exporter.
+
+    Fresh heads predict nothing, so the prediction layers are perturbed to give many boxes.
+    """
+    import numpy as np
+    import paddle
+
+    from sodd.ppyoloe.export import export_model
+    from sodd.ppyoloe.model import build_model
+
+    root = tmp_path_factory.mktemp("sod")
+    paddle.seed(1)
+    model = build_model("sodd-SOD-tiny", {"input_size": 128, "num_classes": 6})
+    state = model.state_dict()
+    rng = np.random.default_rng(0)
+    for key, value in state.items():
+        if key.startswith("head.pred_"):
+            noise = rng.normal(0, 0.05, value.shape).astype("float32")
+            value.set_value(noise + (0.5 if key.endswith("bias") else 0))
+    ckpt = root / "ckpt.pdparams"
+    paddle.save({"ema": state, "model_config": model.cfg.to_dict(),
+                 "label_list": ["a", "b", "c", "d", "e", "f"]}, str(ckpt))
+    export_model("sodd-SOD-tiny", root / "model", ckpt)
+    return root / "model"

@@ -42,9 +42,10 @@ def lite_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def parity_models(tiny_model_dirs: dict[str, Path], picodet_dir: Path) -> dict[str, Path]:
-    """Our exporter's output, the real pretrained detector and, once it exists, the shipped default."""
-    models = {"tiny": tiny_model_dirs["both"], "picodet": picodet_dir}
+def parity_models(tiny_model_dirs: dict[str, Path], sod_model_dir: Path, picodet_dir: Path) -> dict[str, Path]:
+    """Our exporter's output (a toy and the PP-YOLOE+ SOD architecture), the real pretrained detector
+    and, once it exists, the shipped default model."""
+    models = {"tiny": tiny_model_dirs["both"], "ppyoloe-sod": sod_model_dir, "picodet": picodet_dir}
     default = REPO / "sodd" / "default_model"
     if (default / "inference.pdmodel").is_file():
         models["default"] = default
