@@ -212,7 +212,7 @@ def draw_side_by_side(image_bgr: np.ndarray, panels: Sequence[Outcome], path: Pa
 
 
 def _pct(value: float) -> str:
-    return f"{value:.2f}"
+    return f"{value:.3f}"
 
 
 def run(args: argparse.Namespace) -> int:
