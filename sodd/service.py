@@ -150,7 +150,7 @@ class DetectorService(pb_grpc.DetectorServicer):
                 timings=pb.StageTimings(
                     decode_seconds=decode_s, preprocess_seconds=preprocess_s,
                     queue_seconds=result.queue_seconds, inference_seconds=result.inference_seconds,
-                    postprocess_seconds=time.perf_counter() - post_start,
+                    postprocess_seconds=time.perf_counter() - post_start, batch_size=result.batch_size,
                 ),
             ))
         return responses
@@ -172,17 +172,65 @@ class DetectorService(pb_grpc.DetectorServicer):
             await context.abort(grpc.StatusCode.INTERNAL, f"{what} failed: {type(exc).__name__}: {exc}")
         raise AssertionError("unreachable")
 
+    async def _detect_one(self, request: pb.DetectRequest, request_id: str,
+                          deadline: float | None) -> pb.DetectResponse:
+        with self._registry.lease(request.model, request.version) as served:
+            threshold = self._resolve(served, request)
+            (response,) = await self._detect_images(served, [request.image], ["image"], threshold,
+                                                    request.max_detections, request_id, deadline)
+        return response
+
     async def Detect(self, request: pb.DetectRequest, context: grpc.aio.ServicerContext) -> pb.DetectResponse:
         request_id = request.request_id or uuid.uuid4().hex
+        return await self._guard(context, self._detect_one(request, request_id, deadline_of(context)),
+                                 "Detect", request_id)
 
-        async def work() -> pb.DetectResponse:
-            with self._registry.lease(request.model, request.version) as served:
-                threshold = self._resolve(served, request)
-                (response,) = await self._detect_images(served, [request.image], ["image"], threshold,
-                                                        request.max_detections, request_id, deadline_of(context))
-            return response
+    async def _stream_frame(self, request: pb.DetectRequest, deadline: float | None) -> pb.DetectStreamResponse:
+        request_id = request.request_id or uuid.uuid4().hex
+        try:
+            response = await self._detect_one(request, request_id, deadline)
+        except SoddError as exc:
+            log.warning("DetectStream request_id=%s code=%s: %s", request_id, exc.code.name, exc.message)
+            return pb.DetectStreamResponse(request_id=request_id,
+                                           error=pb.FrameError(code=exc.code.value[0], message=exc.message))
+        except Exception as exc:  # noqa: BLE001 - one bad frame must not end the stream
+            log.exception("DetectStream request_id=%s failed", request_id)
+            return pb.DetectStreamResponse(request_id=request_id, error=pb.FrameError(
+                code=grpc.StatusCode.INTERNAL.value[0], message=f"{type(exc).__name__}: {exc}"))
+        return pb.DetectStreamResponse(request_id=request_id, response=response)
 
-        return await self._guard(context, work(), "Detect", request_id)
+    async def DetectStream(self, request_iterator: AsyncIterator[pb.DetectRequest],
+                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DetectStreamResponse]:
+        """Frames run concurrently, answers go out in order; at most max_stream_frames are held."""
+        room = asyncio.Semaphore(self._config.max_stream_frames)
+        in_order: asyncio.Queue[asyncio.Task | None] = asyncio.Queue()
+        deadline = deadline_of(context)
+
+        async def read() -> None:
+            frames = aiter(request_iterator)
+            try:
+                while True:
+                    await room.acquire()  # read the next frame only when there is room for it
+                    try:
+                        request = await anext(frames)
+                    except StopAsyncIteration:
+                        return
+                    in_order.put_nowait(asyncio.create_task(self._stream_frame(request, deadline)))
+            finally:
+                in_order.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (task := await in_order.get()) is not None:
+                yield await task
+                room.release()
+            await reader  # surfaces a broken request stream
+        finally:
+            reader.cancel()
+            while not in_order.empty():
+                task = in_order.get_nowait()
+                if task is not None:
+                    task.cancel()
 
     async def DetectBatch(self, request: pb.DetectBatchRequest,
                           context: grpc.aio.ServicerContext) -> pb.DetectBatchResponse:

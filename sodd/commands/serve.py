@@ -63,6 +63,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--drain-timeout", type=float, default=None, metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may take to finish (default 10)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per predictor (default: all cores)")
+    p.add_argument("--instances", type=int, default=None,
+                   help="predictor instances per model version, each on its own thread (default 1)")
+    p.add_argument("--max-queue-delay-ms", type=float, default=None,
+                   help="how long an image may wait for others to fill a batch (default 0)")
+    p.add_argument("--max-stream-frames", type=int, default=None,
+                   help="frames a DetectStream may have in the daemon at once (default 4)")
     p.add_argument("--max-image-megapixels", type=float, default=None, help="default 50")
     p.add_argument("--max-message-mb", type=float, default=None, help="default 64")
     p.add_argument("--max-pending", type=int, default=None, help="requests that may wait per model (default 64)")
@@ -94,6 +100,7 @@ SIMPLE_FLAGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "max_image_megapixels": ("max_image_megapixels", float),
     "max_message_mb": ("max_message_bytes", lambda mb: int(mb * 1024 * 1024)),
     "max_pending": ("max_pending", int),
+    "max_stream_frames": ("max_stream_frames", int),
     "metrics_listen": ("metrics_listen", str),
     "log_format": ("log_format", str),
 }
@@ -137,6 +144,10 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
             changes["version_policy"] = VersionPolicy.parse(policies[name])
         if args.max_batch_size is not None:
             changes["max_batch_size"] = args.max_batch_size
+        if args.instances is not None:
+            changes["instances"] = args.instances
+        if args.max_queue_delay_ms is not None:
+            changes["max_queue_delay_seconds"] = args.max_queue_delay_ms / 1000
         return dataclasses.replace(model, **changes) if changes else model
 
     values["models"] = tuple(with_flags(m, m.name) for m in models)

@@ -92,18 +92,20 @@ class Box(_message.Message):
     def __init__(self, cls_id: _Optional[int] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., xmin: _Optional[float] = ..., ymin: _Optional[float] = ..., xmax: _Optional[float] = ..., ymax: _Optional[float] = ...) -> None: ...
 
 class StageTimings(_message.Message):
-    __slots__ = ("decode_seconds", "preprocess_seconds", "inference_seconds", "postprocess_seconds", "queue_seconds")
+    __slots__ = ("decode_seconds", "preprocess_seconds", "inference_seconds", "postprocess_seconds", "queue_seconds", "batch_size")
     DECODE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PREPROCESS_SECONDS_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     POSTPROCESS_SECONDS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     decode_seconds: float
     preprocess_seconds: float
     inference_seconds: float
     postprocess_seconds: float
     queue_seconds: float
-    def __init__(self, decode_seconds: _Optional[float] = ..., preprocess_seconds: _Optional[float] = ..., inference_seconds: _Optional[float] = ..., postprocess_seconds: _Optional[float] = ..., queue_seconds: _Optional[float] = ...) -> None: ...
+    batch_size: int
+    def __init__(self, decode_seconds: _Optional[float] = ..., preprocess_seconds: _Optional[float] = ..., inference_seconds: _Optional[float] = ..., postprocess_seconds: _Optional[float] = ..., queue_seconds: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class DetectResponse(_message.Message):
     __slots__ = ("request_id", "boxes", "image_width", "image_height", "model", "version", "device", "timings")
@@ -124,6 +126,24 @@ class DetectResponse(_message.Message):
     device: str
     timings: StageTimings
     def __init__(self, request_id: _Optional[str] = ..., boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., device: _Optional[str] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ...) -> None: ...
+
+class FrameError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class DetectStreamResponse(_message.Message):
+    __slots__ = ("request_id", "response", "error")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    response: DetectResponse
+    error: FrameError
+    def __init__(self, request_id: _Optional[str] = ..., response: _Optional[_Union[DetectResponse, _Mapping]] = ..., error: _Optional[_Union[FrameError, _Mapping]] = ...) -> None: ...
 
 class DetectBatchRequest(_message.Message):
     __slots__ = ("images", "model", "version", "threshold", "class_thresholds", "max_detections", "request_id")

@@ -44,6 +44,11 @@ class DetectorStub:
                 request_serializer=sodd_dot_v1_dot_detector__pb2.DetectBatchRequest.SerializeToString,
                 response_deserializer=sodd_dot_v1_dot_detector__pb2.DetectBatchResponse.FromString,
                 _registered_method=True)
+        self.DetectStream = channel.stream_stream(
+                '/sodd.v1.Detector/DetectStream',
+                request_serializer=sodd_dot_v1_dot_detector__pb2.DetectRequest.SerializeToString,
+                response_deserializer=sodd_dot_v1_dot_detector__pb2.DetectStreamResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/sodd.v1.Detector/ListModels',
                 request_serializer=sodd_dot_v1_dot_detector__pb2.ListModelsRequest.SerializeToString,
@@ -89,6 +94,15 @@ class DetectorServicer:
     def DetectBatch(self, request, context):
         """Detects objects in several images, run as batches up to the model's batch size; results come
         back in input order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DetectStream(self, request_iterator, context):
+        """Camera frames: one response per request, in the order sent, each carrying its frame's
+        request_id. The daemon holds at most max_stream_frames frames of a stream at once; a bad frame
+        gets an error response and the stream goes on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -148,6 +162,11 @@ def add_DetectorServicer_to_server(servicer, server):
                     servicer.DetectBatch,
                     request_deserializer=sodd_dot_v1_dot_detector__pb2.DetectBatchRequest.FromString,
                     response_serializer=sodd_dot_v1_dot_detector__pb2.DetectBatchResponse.SerializeToString,
+            ),
+            'DetectStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.DetectStream,
+                    request_deserializer=sodd_dot_v1_dot_detector__pb2.DetectRequest.FromString,
+                    response_serializer=sodd_dot_v1_dot_detector__pb2.DetectStreamResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -234,6 +253,33 @@ class Detector:
             '/sodd.v1.Detector/DetectBatch',
             sodd_dot_v1_dot_detector__pb2.DetectBatchRequest.SerializeToString,
             sodd_dot_v1_dot_detector__pb2.DetectBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DetectStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/sodd.v1.Detector/DetectStream',
+            sodd_dot_v1_dot_detector__pb2.DetectRequest.SerializeToString,
+            sodd_dot_v1_dot_detector__pb2.DetectStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
