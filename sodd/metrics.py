@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import prometheus_client
+from google.protobuf.message import Message
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -211,8 +212,8 @@ class _ServedModelsCollector(Collector):
     def _families(self) -> tuple[InfoMetricFamily, GaugeMetricFamily]:
         info = InfoMetricFamily("sodd_model", "A served model: its directory, PaddleX model name and program "
                                 "format.", labels=MODEL_LABELS)
-        depth = GaugeMetricFamily("sodd_queue_depth", "Requests admitted to a model's predictor queue, "
-                                  "waiting or running.", labels=MODEL_LABELS)
+        depth = GaugeMetricFamily("sodd_queue_depth", "Images waiting for a model's predictor.",
+                                  labels=MODEL_LABELS)
         return info, depth
 
     def describe(self) -> Iterator[Metric]:
@@ -234,6 +235,7 @@ class _ServedModelsCollector(Collector):
 @dataclass
 class _Outcome:
     labels: tuple[str, str, str]
+    request_id: str
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
     response: Any = None
     error: str = ""
@@ -278,9 +280,13 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
     async def _observe(self, method: str, behaviour: Callable[..., Any], request: Any,
                        context: grpc.aio.ServicerContext) -> Any:
-        if not request.request_id:
+        # Another interceptor may hand over a refusing handler that never parses the request (the
+        # token check does): such a request is still counted, under unknown labels.
+        parsed = isinstance(request, Message)
+        if parsed and not request.request_id:
             request.request_id = uuid.uuid4().hex
-        outcome = _Outcome(self._labels(request))
+        outcome = _Outcome(self._labels(request) if parsed else (UNKNOWN, UNKNOWN, UNKNOWN),
+                           request.request_id if parsed else "")
         in_flight = self._metrics.in_flight.labels(*outcome.labels)
         in_flight.inc()
         started = time.perf_counter()
@@ -304,13 +310,13 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         finally:
             in_flight.dec()
             try:
-                self._record(method, request, outcome, time.perf_counter() - started)
+                self._record(method, outcome, time.perf_counter() - started)
             except Exception:  # a metrics bug must not turn an answer into an error
                 log.exception("recording metrics for %s failed", method)
 
-    def _record(self, method: str, request: Any, outcome: _Outcome, seconds: float) -> None:
+    def _record(self, method: str, outcome: _Outcome, seconds: float) -> None:
         results = []
-        if outcome.response is not None and outcome.code == grpc.StatusCode.OK:
+        if isinstance(outcome.response, Message) and outcome.code == grpc.StatusCode.OK:
             results = list(outcome.response.results) if method == "DetectBatch" else [outcome.response]
         labels = outcome.labels
         if results:  # the response names what actually ran
@@ -322,7 +328,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         m.request_duration.labels(*labels, method, code).observe(seconds)
         self._record_results(labels, results)
         log_request({
-            "method": method, "request_id": request.request_id, "model": labels[0], "version": labels[1],
+            "method": method, "request_id": outcome.request_id, "model": labels[0], "version": labels[1],
             "device": labels[2], "code": code, "latency_seconds": seconds, "images": len(results),
             "detections": sum(len(r.boxes) for r in results), **({"error": outcome.error} if outcome.error else {}),
         })

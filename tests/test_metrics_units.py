@@ -3,17 +3,20 @@ formats, and how stage times of a batch response become observations."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 from pathlib import Path
 
+import grpc
 import pytest
 
 from sodd.config import ModelConfig, ServeConfig
 from sodd.logs import JsonFormatter, log_request, request_message, setup_logging
 from sodd.metrics import Metrics, MetricsInterceptor, split_listen
 from sodd.v1 import detector_pb2 as pb
+from sodd.v1 import detector_pb2_grpc as pb_grpc
 
 
 def test_listen_addresses() -> None:
@@ -95,3 +98,60 @@ def test_batch_stages_per_request_and_per_image() -> None:
     assert get("sodd_stage_duration_seconds_count", {**stage, "stage": "slicing"}) is None  # not used
     assert get("sodd_detections_per_image_sum", stage) == 3
     assert get("sodd_input_pixels_bucket", {**stage, "le": "310000.0"}) == 2  # VGA lands at 0.31 MP
+
+
+class _NoModels:
+    """A registry that serves nothing: every request's labels are `unknown`."""
+
+    def get(self, name: str, version: int = 0) -> None:
+        raise LookupError(name)
+
+
+class _Slow(pb_grpc.DetectorServicer):
+    async def Detect(self, request: pb.DetectRequest, context: grpc.aio.ServicerContext) -> pb.DetectResponse:
+        await asyncio.sleep(5)
+        return pb.DetectResponse()
+
+
+class _RefuseBatches(grpc.aio.ServerInterceptor):
+    """Refuses DetectBatch with a handler that never parses the request, as the token check does."""
+
+    async def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001
+        if not handler_call_details.method.endswith("/DetectBatch"):
+            return await continuation(handler_call_details)
+
+        async def refuse(request: bytes, context: grpc.aio.ServicerContext) -> None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no bearer token")
+
+        return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+def test_refusals_and_deadlines_are_counted_with_their_code() -> None:
+    metrics = Metrics()
+
+    async def scenario() -> tuple[grpc.StatusCode, grpc.StatusCode]:
+        server = grpc.aio.server(interceptors=[MetricsInterceptor(metrics, _NoModels()),  # type: ignore[arg-type]
+                                               _RefuseBatches()])
+        pb_grpc.add_DetectorServicer_to_server(_Slow(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        codes = []
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb_grpc.DetectorStub(channel)
+                for call in (stub.DetectBatch(pb.DetectBatchRequest(), timeout=5),
+                             stub.Detect(pb.DetectRequest(), timeout=0.2)):
+                    with pytest.raises(grpc.aio.AioRpcError) as err:
+                        await call
+                    codes.append(err.value.code())
+            await asyncio.sleep(0.2)  # the server side of the expired call finishes
+        finally:
+            await server.stop(None)
+        return codes[0], codes[1]
+
+    assert asyncio.run(scenario()) == (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.DEADLINE_EXCEEDED)
+    get = metrics.registry.get_sample_value
+    unknown = {"model": "unknown", "version": "unknown", "device": "unknown"}
+    assert get("sodd_requests_total", {**unknown, "method": "DetectBatch", "code": "UNAUTHENTICATED"}) == 1
+    assert get("sodd_requests_total", {**unknown, "method": "Detect", "code": "DEADLINE_EXCEEDED"}) == 1
+    assert get("sodd_requests_in_flight", unknown) == 0
