@@ -126,8 +126,8 @@ def test_server_reflection_lists_the_services(tiny_daemon: Daemon) -> None:
     assert {"sodd.v1.Detector", "grpc.health.v1.Health"} <= services
     pool = DescriptorPool(database)
     detector = pool.FindServiceByName("sodd.v1.Detector")
-    assert {"Detect", "DetectBatch", "ListModels", "GetModel", "ListDevices", "LoadModel", "UnloadModel",
-            "WatchModels"} == {m.name for m in detector.methods}
+    assert {"Detect", "DetectBatch", "DetectStream", "ListModels", "GetModel", "ListDevices", "LoadModel",
+            "UnloadModel", "WatchModels"} == {m.name for m in detector.methods}
 
 
 BAD_REQUESTS = [
