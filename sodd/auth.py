@@ -95,7 +95,7 @@ def bearer_token(metadata: Any) -> str | None:
     return None
 
 
-def _refusal(handler: grpc.RpcMethodHandler | None, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+def refusal(handler: grpc.RpcMethodHandler | None, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
     """A handler of the same kind as the real one that only refuses."""
 
     async def refuse(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> None:
@@ -130,7 +130,7 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if models is None:
             reason = "no bearer token" if token is None else "unknown bearer token"
-            return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED,
+            return refusal(handler, grpc.StatusCode.UNAUTHENTICATED,
                             f"{reason}: send 'authorization: Bearer <token>' metadata with a token from the daemon's "
                             "tokens file")
         field = MODEL_FIELDS.get(method)

@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sodd.config import ServeConfig
+from sodd.drain import DrainInterceptor, drain
 from sodd.lifecycle import ReloadCallback, run_until_stopped
 from sodd.listeners import add_listeners
 from sodd.manager import ModelManager
@@ -70,7 +71,8 @@ async def serve(config: ServeConfig, reload_config: Callable[[], ServeConfig] | 
     except BaseException:
         registry.close()
         raise
-    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics, registry)]
+    draining = DrainInterceptor()
+    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics, registry), draining]
     if settings.tokens is not None:
         settings.tokens.default_model = lambda: registry.default_name
         interceptors.append(settings.tokens)
@@ -104,11 +106,14 @@ async def serve(config: ServeConfig, reload_config: Callable[[], ServeConfig] | 
     # model directories. Anything else that must follow a reload appends its own coroutine function.
     reload_callbacks: list[ReloadCallback] = [settings.reload, manager.reconcile]
     signal_name = (await run_until_stopped(notifier, reload_callbacks, status)).name
-    drain = settings.config.drain_timeout_seconds
-    log.info("%s: refusing new requests, letting in-flight ones finish (up to %.0f s)", signal_name, drain)
-    notifier.stopping(f"draining in-flight requests (up to {drain:.0f} s)")
+    timeout = settings.config.drain_timeout_seconds
+    log.info("%s: refusing new requests, letting %d in-flight ones finish (up to %.0f s)", signal_name,
+             draining.running, timeout)
+    notifier.stopping(f"draining {draining.running} in-flight requests (up to {timeout:.0f} s)")
     await health_servicer.enter_graceful_shutdown()
-    await server.stop(drain)
+    cut = await drain(server, draining, timeout)
+    if cut:
+        log.warning("drain timeout: %d requests were cancelled", cut)
     await manager.close()
     service.close()
     registry.close()
