@@ -258,11 +258,17 @@ def test_tensorrt_shapes_come_from_hpi_else_from_the_resize_target(picodet_dir: 
 
     import yaml
 
-    from hw_plugins.gpu import GpuPlugin, trt_dynamic_shapes
+    from hw_plugins.gpu import GpuPlugin, program_inputs, shapes_for, trt_dynamic_shapes
 
-    shapes = trt_dynamic_shapes(read_model_dir(picodet_dir), max_batch=4)
+    picodet = read_model_dir(picodet_dir)
+    shapes = trt_dynamic_shapes(picodet, max_batch=4)
     assert shapes["image"] == [[1, 3, 416, 416], [1, 3, 416, 416], [4, 3, 416, 416]]
     assert shapes["scale_factor"] == [[1, 2], [1, 2], [4, 2]]
+    # Exactly the program's inputs, in its order (im_shape is not one of PicoDet's).
+    names = program_inputs(picodet_dir / "inference.pdmodel", picodet_dir / "inference.pdiparams")
+    assert list(shapes_for(shapes, names, picodet)) == names == ["image", "scale_factor"]
+    with pytest.raises(FailedPrecondition, match="no TensorRT shapes"):
+        shapes_for({"image": shapes["image"]}, names, picodet)
 
     with_hpi = tmp_path / "hpi"
     shutil.copytree(tiny_model_dirs["both"], with_hpi)

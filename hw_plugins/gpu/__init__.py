@@ -47,6 +47,26 @@ def trt_dynamic_shapes(model: ModelDir, max_batch: int) -> Shapes:
     }
 
 
+def program_inputs(model_file: Path, params_file: Path) -> list[str]:
+    """The program's input names in feed order, read through a CPU predictor (no GPU needed)."""
+    from paddle import inference
+
+    config = inference.Config(str(model_file), str(params_file))
+    config.disable_gpu()
+    config.disable_mkldnn()
+    config.disable_glog_info()
+    return list(inference.create_predictor(config).get_input_names())
+
+
+def shapes_for(shapes: Shapes, names: list[str], model: ModelDir) -> Shapes:
+    """TensorRT wants exactly the program's inputs: no more, no fewer."""
+    missing = [n for n in names if n not in shapes]
+    if missing:
+        raise FailedPrecondition(f"{model.path}: no TensorRT shapes for input(s) {missing}; add them to "
+                                 "inference.yml under Hpi.backend_configs.paddle_infer.trt_dynamic_shapes")
+    return {n: shapes[n] for n in names}
+
+
 def _int_option(options: Mapping[str, str], name: str, default: int, device: str) -> int:
     value = options.get(name)
     if value is None:
@@ -102,6 +122,8 @@ class GpuPlugin:
                                    "Paddle Inference on CUDA")
         shapes = trt_dynamic_shapes(model, _int_option(options, "max_batch", 8, device))
         cache_dir = Path(options["cache_dir"]) if options.get("cache_dir") else default_cache_root() / "trt"
+        program = model.legacy_model_file or model.model_file
+        shapes = shapes_for(shapes, program_inputs(program, model.params_file), model)
         if model.legacy_model_file is not None:
             config = self._legacy_trt_config(model, mode, shapes, pool_mb, gpu_id, options, device, cache_dir)
             return PaddlePredictor(config, f"TensorRT {mode[4:]} through Paddle's subgraph engine (legacy program)")
@@ -161,13 +183,14 @@ class GpuPlugin:
                                      "mode=paddle") from exc
         gpu_name = paddle.device.cuda.get_device_name(gpu_id)
         key = content_key([model.model_file, model.params_file],
-                          {"mode": mode, "shapes": repr(sorted(shapes.items())), "paddle": paddle.__version__,
+                          {"mode": mode, "shapes": repr(list(shapes.items())), "paddle": paddle.__version__,
                            "gpu": gpu_name})
         final = cache_dir / f"{mode}-{key[:32]}"
         if not (final / "model.json").is_file():
             with staging_dir(cache_dir) as staging:
+                # In the program's input order, which `shapes` keeps.
                 inputs = [Input(min_input_shape=s[0], optim_input_shape=s[1], max_input_shape=s[2])
-                          for _, s in sorted(shapes.items())]
+                          for s in shapes.values()]
                 trt_config = TensorRTConfig(inputs=inputs)
                 trt_config.precision_mode = PrecisionMode.FP16 if mode == "trt_fp16" else PrecisionMode.FP32
                 out = staging / "program"
