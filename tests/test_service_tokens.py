@@ -1,0 +1,82 @@
+"""Bearer tokens over TCP and the Unix socket: none or unknown -> UNAUTHENTICATED, a model the token
+has no right to -> PERMISSION_DENIED, health without a token; the tokens file is re-read on SIGHUP."""
+
+from __future__ import annotations
+
+import signal
+import stat
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sodd_client import Client
+from sodd_client.cli import main as client_main
+
+from tests.conftest import start_daemon
+from tests.service_helpers import jpeg_bytes
+
+TINY_ONLY = "tiny-only-0123456789abcdef"
+EVERY_MODEL = "every-model-0123456789abcdef"
+ADDED_LATER = "added-later-0123456789abcdef"
+
+
+def code_of(call) -> grpc.StatusCode:  # noqa: ANN001 - a zero-argument callable making one RPC
+    try:
+        call()
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+def test_tokens_over_tcp_and_unix_socket(tiny_model_dirs: dict[str, Path], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(f'"{TINY_ONLY}" = ["tiny"]\n"{EVERY_MODEL}" = "*"\n')
+    tokens.chmod(0o600)
+    socket_path = tmp_path / "sodd.sock"
+    daemon = start_daemon(["--model", f"tiny={tiny_model_dirs['both']}", "--model",
+                           f"tiny-legacy={tiny_model_dirs['legacy']}", "--tokens-file", str(tokens),
+                           "--unix-socket", str(socket_path)], tmp_path / "daemon.log")
+    image = jpeg_bytes(320, 240)
+    try:
+        assert stat.S_ISSOCK(socket_path.stat().st_mode) and stat.S_IMODE(socket_path.stat().st_mode) == 0o660
+        for address in (daemon.address, f"unix:{socket_path}"):
+            with Client(address, timeout=30) as anonymous:
+                assert code_of(anonymous.list_models) == grpc.StatusCode.UNAUTHENTICATED
+                assert code_of(lambda c=anonymous: c.detect(image)) == grpc.StatusCode.UNAUTHENTICATED
+            with Client(address, timeout=30, token="not-a-known-token-at-all") as stranger:
+                assert code_of(stranger.list_models) == grpc.StatusCode.UNAUTHENTICATED
+            with Client(address, timeout=30, token=TINY_ONLY) as limited:
+                assert code_of(limited.list_models) == grpc.StatusCode.OK
+                assert code_of(lambda c=limited: c.detect(image)) == grpc.StatusCode.OK  # the default model
+                assert code_of(lambda c=limited: c.detect(image, "tiny")) == grpc.StatusCode.OK
+                assert code_of(lambda c=limited: c.detect(image, "tiny-legacy")) == grpc.StatusCode.PERMISSION_DENIED
+                assert code_of(lambda c=limited: c.detect_batch([image], "tiny-legacy")) == \
+                    grpc.StatusCode.PERMISSION_DENIED
+                assert code_of(lambda c=limited: c.get_model("tiny-legacy")) == grpc.StatusCode.PERMISSION_DENIED
+            with Client(address, timeout=30, token=EVERY_MODEL) as admin:
+                assert code_of(lambda c=admin: c.detect(image, "tiny-legacy")) == grpc.StatusCode.OK
+            with grpc.insecure_channel(address) as channel:
+                health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
+                assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+        assert client_main(["--server", f"unix:{socket_path}", "--token", TINY_ONLY, "models"]) == 0
+        assert client_main(["--server", f"unix:{socket_path}", "models"]) == 1
+        assert "UNAUTHENTICATED" in capsys.readouterr().err
+
+        # The tokens file is re-read on SIGHUP: a new token works, a removed one no longer does.
+        tokens.write_text(f'"{ADDED_LATER}" = ["tiny-legacy"]\n"{EVERY_MODEL}" = "*"\n')
+        daemon.process.send_signal(signal.SIGHUP)
+        with Client(daemon.address, timeout=30, token=ADDED_LATER) as added:
+            deadline = time.monotonic() + 30
+            while code_of(lambda c=added: c.detect(image, "tiny-legacy")) != grpc.StatusCode.OK:
+                assert time.monotonic() < deadline, daemon.log()
+                time.sleep(0.2)
+        with Client(daemon.address, timeout=30, token=TINY_ONLY) as removed:
+            assert code_of(removed.list_models) == grpc.StatusCode.UNAUTHENTICATED
+        assert TINY_ONLY not in daemon.log() and EVERY_MODEL not in daemon.log()
+    finally:
+        assert daemon.stop() == 0, daemon.log()
+    assert not socket_path.exists()
