@@ -1,0 +1,1 @@
+"""`sodd bench`: the daemon under concurrent load beside plain and PaddleX baselines, one run each."""

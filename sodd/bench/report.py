@@ -1,0 +1,170 @@
+"""The benchmark report: targets from the serving-engine issue, markdown tables, the docs section.
+
+A run writes one section of docs/benchmarks.md between markers carrying its name, so reruns
+replace their own section and leave every other section of the file as it was.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sodd.bench.stats import Measurement
+
+# The serving-engine targets (record what is reached, do not tune the benchmark to them).
+LATENCY_RATIO_MAX = 1.10  # sodd p50 at 1 client / plain loop's per-image time
+SERVING_RATIO_MIN = 1.2  # sodd images/s at 8 clients / PaddleX serving's at 8 clients
+PLAIN_RATIO_MIN = 0.95  # sodd images/s at 8 clients / the best plain set-up's
+TARGET_CLIENTS = 8
+
+
+@dataclass(frozen=True)
+class Target:
+    size: str
+    name: str
+    measured: float | None  # None when a needed number was not measured
+    limit: str
+    reached: bool | None
+    basis: str
+
+
+def _find(ms: Sequence[Measurement], system: str, size: str, concurrency: int | None = None) -> list[Measurement]:
+    return [m for m in ms if m.system == system and m.size == size
+            and (concurrency is None or m.concurrency == concurrency)]
+
+
+def best_plain_latency(ms: Sequence[Measurement], size: str) -> Measurement | None:
+    """The one-image-at-a-time loop with the lowest median: what one client could get without a daemon."""
+    single = [m for m in _find(ms, "plain", size) if m.setup.startswith("1x") and "b" not in m.setup and m.ok]
+    return min(single, key=lambda m: m.percentile(50), default=None)
+
+
+def best_plain_throughput(ms: Sequence[Measurement], size: str) -> Measurement | None:
+    return max((m for m in _find(ms, "plain", size) if m.ok), key=lambda m: m.throughput, default=None)
+
+
+def targets(ms: Sequence[Measurement]) -> list[Target]:
+    out: list[Target] = []
+    for size in dict.fromkeys(m.size for m in ms if m.system == "sodd"):
+        one = next(iter(_find(ms, "sodd", size, 1)), None)
+        plain_lat = best_plain_latency(ms, size)
+        ratio = one.percentile(50) / plain_lat.percentile(50) if one and one.ok and plain_lat else None
+        out.append(Target(size, "1 client: sodd p50 / plain per-image time", ratio, f"<= {LATENCY_RATIO_MAX:g}",
+                          None if ratio is None else ratio <= LATENCY_RATIO_MAX,
+                          f"plain {plain_lat.setup} p50" if plain_lat else "plain loop not measured"))
+        eight = next(iter(_find(ms, "sodd", size, TARGET_CLIENTS)), None)
+        served = next(iter(_find(ms, "paddlex-serving", size, TARGET_CLIENTS)), None)
+        ratio = eight.throughput / served.throughput if eight and served and served.throughput else None
+        out.append(Target(size, f"{TARGET_CLIENTS} clients: sodd / PaddleX serving images/s", ratio,
+                          f">= {SERVING_RATIO_MIN:g}", None if ratio is None else ratio >= SERVING_RATIO_MIN,
+                          "same concurrency" if served else "PaddleX serving not measured"))
+        plain_thr = best_plain_throughput(ms, size)
+        ratio = eight.throughput / plain_thr.throughput if eight and plain_thr and plain_thr.throughput else None
+        out.append(Target(size, f"{TARGET_CLIENTS} clients: sodd / best plain images/s", ratio,
+                          f">= {PLAIN_RATIO_MIN:g}", None if ratio is None else ratio >= PLAIN_RATIO_MIN,
+                          f"plain {plain_thr.setup}" if plain_thr else "plain loop not measured"))
+        lost = sum(m.lost for m in _find(ms, "sodd", size))
+        total = sum(m.requests for m in _find(ms, "sodd", size))
+        out.append(Target(size, "sodd lost requests (all concurrencies)", float(lost), "= 0", lost == 0,
+                          f"of {total} sent"))
+    return out
+
+
+def to_dict(settings: dict, machine: dict, model: dict, images: dict, ms: Sequence[Measurement],
+            skipped: dict[str, str], versions: dict[str, str]) -> dict:
+    return {
+        "settings": settings, "machine": machine, "model": model, "images": images, "versions": versions,
+        "skipped": skipped, "measurements": [m.summary() for m in ms],
+        "targets": [t.__dict__ for t in targets(ms)],
+    }
+
+
+def _ms(seconds: float) -> str:
+    return "-" if math.isnan(seconds) else f"{seconds * 1000:.0f}" if seconds >= 0.1 else f"{seconds * 1000:.1f}"
+
+
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _yes(flag: bool | None) -> str:
+    return "not measured" if flag is None else "yes" if flag else "**no**"
+
+
+def _errors(m: Measurement) -> str:
+    return f"{m.lost}" + (f" ({', '.join(f'{k}: {v}' for k, v in m.errors.items())})" if m.errors else "")
+
+
+def markdown(name: str, report: dict, ms: Sequence[Measurement], plot: str | None) -> str:
+    machine, model, settings = report["machine"], report["model"], report["settings"]
+    lines = [f"### {name}", "",
+             f"Command: `{settings['command']}`", "",
+             f"- Date: {machine['date']}; load average at start {machine['load_average_start']}, "
+             f"at end {machine.get('load_average_end')}",
+             f"- CPU: {machine['cpu']}, {machine['cores']} usable cores, flags "
+             f"{', '.join(machine['flags']) or 'none'}, {machine['memory_gib']} GiB; {machine['os']}, "
+             f"Python {machine['python']}",
+             f"- sodd: paddle {machine['paddle']}" + (f"; PaddleX {report['versions'].get('paddlex')} with paddle "
+                                                       f"{report['versions'].get('paddle')}"
+                                                       if report["versions"] else ""),
+             f"- Model: {model['model_name']} at {model['input']} ({model['program']} program), "
+             f"{model['dir']}",
+             "- Images: " + "; ".join(f"{label}: {info}" for label, info in report["images"].items()),
+             f"- {settings['requests']} measured requests per row after {settings['warmup']} (at least one per "
+             f"client) unmeasured; latency is client send to client receive (per loop iteration for loops)"]
+    if settings.get("serve_args"):
+        lines.append(f"- Daemon flags: `{' '.join(settings['serve_args'])}`")
+    for system, why in report["skipped"].items():
+        lines.append(f"- {system}: not measured ({why})")
+    lines += ["", "| image | target | measured | limit | reached | basis |", "| --- | --- | --- | --- | --- | --- |"]
+    for t in targets(ms):
+        lines.append(f"| {t.size} | {t.name} | {_ratio(t.measured) if 'lost' not in t.name else int(t.measured)} | "
+                     f"{t.limit} | {_yes(t.reached)} | {t.basis} |")
+    lines += ["", "| image | clients | sodd images/s | sodd p50 / p90 / p99 ms | PaddleX serving images/s | "
+              "PaddleX serving p50 / p90 / p99 ms | sodd / PaddleX serving | sodd / best plain | sodd lost |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for size in dict.fromkeys(m.size for m in ms):
+        plain_thr = best_plain_throughput(ms, size)
+        for s in sorted(_find(ms, "sodd", size), key=lambda m: m.concurrency):
+            p = next(iter(_find(ms, "paddlex-serving", size, s.concurrency)), None)
+            vs_p = s.throughput / p.throughput if p and p.throughput else None
+            vs_plain = s.throughput / plain_thr.throughput if plain_thr and plain_thr.throughput else None
+            lines.append(
+                f"| {size} | {s.concurrency} | {s.throughput:.2f} | {_ms(s.percentile(50))} / "
+                f"{_ms(s.percentile(90))} / {_ms(s.percentile(99))} | {f'{p.throughput:.2f}' if p else '-'} | "
+                + (f"{_ms(p.percentile(50))} / {_ms(p.percentile(90))} / {_ms(p.percentile(99))}" if p else "-")
+                + f" | {_ratio(vs_p)} | {_ratio(vs_plain)} | {_errors(s)} |")
+    baselines = [m for m in ms if m.system in ("plain", "paddlex-predict")]
+    if baselines:
+        lines += ["", "In-process loops (set-up: predictors x math threads, bB = batches of B):", "",
+                  "| image | loop | set-up | images/s | p50 / p90 / p99 ms per image | lost |",
+                  "| --- | --- | --- | ---: | ---: | ---: |"]
+        for m in baselines:
+            lines.append(f"| {m.size} | {m.system} | {m.setup} | {m.throughput:.2f} | {_ms(m.percentile(50))} / "
+                         f"{_ms(m.percentile(90))} / {_ms(m.percentile(99))} | {_errors(m)} |")
+    lost_p = [m for m in ms if m.system == "paddlex-serving" and m.lost]
+    if lost_p:
+        lines += ["", "PaddleX serving failures: " + "; ".join(f"{m.size} c={m.concurrency}: {_errors(m)}"
+                                                               for m in lost_p)]
+    if plot:
+        lines += ["", f"![{name}: throughput and latency against concurrency]({plot})"]
+    return "\n".join(lines) + "\n"
+
+
+DOC_HEADER = "# Benchmarks\n\nSections between `sodd-bench` markers are written by `sodd bench`.\n"
+
+
+def write_section(doc: Path, name: str, body: str) -> None:
+    """Replace this run's section of `doc` (or append it), keeping everything else byte for byte."""
+    begin = f"<!-- sodd-bench:{name} begin (written by sodd bench; a rerun replaces it) -->"
+    end = f"<!-- sodd-bench:{name} end -->"
+    block = f"{begin}\n{body}{end}\n"
+    text = doc.read_text() if doc.exists() else DOC_HEADER
+    pattern = re.compile(re.escape(f"<!-- sodd-bench:{name} begin") + r".*?" + re.escape(end) + r"\n?", re.S)
+    found = pattern.search(text)
+    text = pattern.sub(lambda _: block, text, count=1) if found else text.rstrip("\n") + "\n\n" + block
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)

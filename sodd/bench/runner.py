@@ -1,0 +1,112 @@
+"""One benchmark run: every system on the same model directory and images, one after another.
+
+Order: plain loops, PaddleX's predict loop, sodd, then PaddleX's serving, so that no two systems
+compete for the cores; each server is stopped before the next one starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sodd_client.bench import run_load
+
+from sodd.bench import http_load, machine, plain
+from sodd.bench import paddlex_baselines as pdx
+from sodd.bench.daemon import MODEL_NAME, BenchDaemon
+from sodd.bench.images import ImageSet
+from sodd.bench.plain import PlainSetup
+from sodd.bench.stats import Measurement
+from sodd.modeldir import read_model_dir
+
+
+@dataclass(frozen=True)
+class Plan:
+    model_dir: Path
+    image_sets: Sequence[ImageSet]
+    concurrency: Sequence[int]
+    requests: int
+    warmup: int
+    workdir: Path
+    address: str | None = None  # a running daemon; None starts one
+    model: str = ""  # the model's name on that daemon
+    serve_args: Sequence[str] = ()
+    plain_setups: Sequence[PlainSetup] = ()
+    paddlex_python: Path | None = None
+    paddlex_predict: bool = True
+    paddlex_serving: bool = True
+    threads: int = field(default_factory=machine.usable_cores)  # for the PaddleX baselines
+    timeout: float = 300.0
+
+
+@dataclass
+class Outcome:
+    measurements: list[Measurement] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # system -> why it was not measured
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def quiet_native_stdout() -> Iterator[None]:
+    """Paddle's C++ side prints pass names to stdout while building predictors; keep the report clean."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def run(plan: Plan, progress: Callable[[Measurement], None] = lambda m: None) -> Outcome:
+    model = read_model_dir(plan.model_dir)
+    outcome = Outcome()
+
+    def record(m: Measurement) -> None:
+        outcome.measurements.append(m)
+        progress(m)
+
+    for setup in plan.plain_setups:
+        for images in plan.image_sets:
+            with quiet_native_stdout():
+                m = plain.measure(plan.model_dir, images, setup, plan.requests, plan.warmup)
+            record(m)
+
+    python = pdx.find_python(str(plan.paddlex_python) if plan.paddlex_python else None)
+    if python is None and (plan.paddlex_predict or plan.paddlex_serving):
+        reason = "PaddleX environment not found (set SODD_PADDLEX_PYTHON or --paddlex-python)"
+        for name, wanted in (("paddlex-predict", plan.paddlex_predict), ("paddlex-serving", plan.paddlex_serving)):
+            if wanted:
+                outcome.skipped[name] = reason
+    if python is not None and plan.paddlex_predict:
+        predicted = pdx.measure_predict(python, model, plan.image_sets, plan.requests, plan.warmup, plan.threads)
+        outcome.versions.update(predicted.versions)
+        for m in predicted.measurements:
+            record(m)
+
+    with contextlib.ExitStack() as stack:
+        address, name = plan.address, plan.model
+        if address is None:
+            daemon = stack.enter_context(BenchDaemon(plan.model_dir, plan.workdir / "sodd-serve.log", plan.serve_args))
+            address, name = daemon.address, MODEL_NAME
+        for images in plan.image_sets:
+            for c in plan.concurrency:
+                result = asyncio.run(run_load(address, images.encoded, c, plan.requests, model=name,
+                                              warmup=max(plan.warmup, c), timeout=plan.timeout))
+                record(Measurement("sodd", "", images.label, c, plan.requests, result.ok, result.seconds,
+                                   result.latencies, result.errors))
+
+    if python is not None and plan.paddlex_serving:
+        with pdx.PaddlexServer(python, model, plan.threads, plan.workdir) as server:
+            for images in plan.image_sets:
+                for c in plan.concurrency:
+                    record(http_load.measure(server.url, images.encoded, images.label, c, plan.requests,
+                                             max(plan.warmup, c), plan.timeout))
+    return outcome
