@@ -16,7 +16,7 @@ import hashlib
 import logging
 import stat
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,12 +32,16 @@ log = logging.getLogger(__name__)
 
 ALL_MODELS = "*"
 OPEN_SERVICES = ("/grpc.health.v1.Health/",)
-# Requests that name a model, and the field naming it (empty means the default model).
+# Requests that name a model, and the field naming it (empty means the default model); a stream
+# is checked message by message.
 MODEL_FIELDS = {
     "/sodd.v1.Detector/Detect": "model",
     "/sodd.v1.Detector/DetectBatch": "model",
+    "/sodd.v1.Detector/DetectStream": "model",
     "/sodd.v1.Detector/GetModel": "name",
 }
+# Changing what is served is for "*" tokens only: a detection token must not be able to unload a model.
+ADMIN_METHODS = ("/sodd.v1.Detector/LoadModel", "/sodd.v1.Detector/UnloadModel")
 
 
 class TokenFileError(ValueError):
@@ -133,19 +137,48 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
             return refusal(handler, grpc.StatusCode.UNAUTHENTICATED,
                             f"{reason}: send 'authorization: Bearer <token>' metadata with a token from the daemon's "
                             "tokens file")
-        field = MODEL_FIELDS.get(method)
-        if handler is None or field is None or ALL_MODELS in models or not handler.unary_unary:
+        if handler is None or ALL_MODELS in models:
             return handler
-        return self._checked(handler, field, models)
+        if method in ADMIN_METHODS:
+            return refusal(handler, grpc.StatusCode.PERMISSION_DENIED,
+                           f"{method.rsplit('/', 1)[-1]} needs a token with rights to every model (\"*\")")
+        field = MODEL_FIELDS.get(method)
+        if field is None:
+            return handler
+        if handler.unary_unary:
+            return self._checked(handler, field, models)
+        if handler.stream_stream:
+            return self._checked_stream(handler, field, models)
+        return refusal(handler, grpc.StatusCode.PERMISSION_DENIED, "this call needs a token for every model")
+
+    async def _check(self, request: Any, field: str, models: frozenset[str],
+                     context: grpc.aio.ServicerContext) -> None:
+        model = getattr(request, field) or self.default_model() or ""
+        if model not in models:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"this token has no right to model {model!r}")
 
     def _checked(self, handler: grpc.RpcMethodHandler, field: str, models: frozenset[str]) -> grpc.RpcMethodHandler:
         behavior = handler.unary_unary
 
         async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            model = getattr(request, field) or self.default_model() or ""
-            if model not in models:
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                    f"this token has no right to model {model!r}")
+            await self._check(request, field, models, context)
             return await behavior(request, context)
 
         return grpc.unary_unary_rpc_method_handler(checked, handler.request_deserializer, handler.response_serializer)
+
+    def _checked_stream(self, handler: grpc.RpcMethodHandler, field: str,
+                        models: frozenset[str]) -> grpc.RpcMethodHandler:
+        behavior = handler.stream_stream
+
+        async def checked(request_iterator: AsyncIterator[Any],
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def allowed() -> AsyncIterator[Any]:
+                async for request in request_iterator:
+                    await self._check(request, field, models, context)
+                    yield request
+
+            async for response in behavior(allowed(), context):
+                yield response
+
+        return grpc.stream_stream_rpc_method_handler(checked, handler.request_deserializer,
+                                                     handler.response_serializer)

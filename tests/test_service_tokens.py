@@ -14,6 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sodd_client import Client
 from sodd_client.cli import main as client_main
 
+from sodd.v1 import detector_pb2 as pb
+from sodd.v1 import detector_pb2_grpc as pb_grpc
 from tests.conftest import start_daemon
 from tests.service_helpers import jpeg_bytes
 
@@ -28,6 +30,15 @@ def code_of(call) -> grpc.StatusCode:  # noqa: ANN001 - a zero-argument callable
     except grpc.RpcError as exc:
         return exc.code()
     return grpc.StatusCode.OK
+
+
+def stream_code(address: str, token: str, models: list[str], image: bytes) -> grpc.StatusCode:
+    """DetectStream with one frame per model name; every frame is checked, not just the first."""
+    with grpc.insecure_channel(address) as channel:
+        frames = iter([pb.DetectRequest(image=pb.Image(encoded=image), model=m) for m in models])
+        answers = pb_grpc.DetectorStub(channel).DetectStream(frames, timeout=30,
+                                                              metadata=[("authorization", f"Bearer {token}")])
+        return code_of(lambda: list(answers))
 
 
 def test_tokens_over_tcp_and_unix_socket(tiny_model_dirs: dict[str, Path], tmp_path: Path,
@@ -56,6 +67,12 @@ def test_tokens_over_tcp_and_unix_socket(tiny_model_dirs: dict[str, Path], tmp_p
                 assert code_of(lambda c=limited: c.detect_batch([image], "tiny-legacy")) == \
                     grpc.StatusCode.PERMISSION_DENIED
                 assert code_of(lambda c=limited: c.get_model("tiny-legacy")) == grpc.StatusCode.PERMISSION_DENIED
+            assert stream_code(address, TINY_ONLY, ["tiny", ""], image) == grpc.StatusCode.OK
+            assert stream_code(address, TINY_ONLY, ["tiny", "tiny-legacy"], image) == grpc.StatusCode.PERMISSION_DENIED
+            with grpc.insecure_channel(address) as channel:
+                unload = pb_grpc.DetectorStub(channel).UnloadModel
+                assert code_of(lambda u=unload: u(pb.UnloadModelRequest(name="tiny"), timeout=30, metadata=[
+                    ("authorization", f"Bearer {TINY_ONLY}")])) == grpc.StatusCode.PERMISSION_DENIED
             with Client(address, timeout=30, token=EVERY_MODEL) as admin:
                 assert code_of(lambda c=admin: c.detect(image, "tiny-legacy")) == grpc.StatusCode.OK
             with grpc.insecure_channel(address) as channel:
