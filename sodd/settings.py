@@ -1,13 +1,15 @@
 """The configuration in force, and what a reload (SIGHUP) changes without a restart.
 
-Certificates and the tokens file are re-read on every reload; a reload that fails (a bad file, a
-configuration error) raises and leaves everything as it was. Listener addresses and message sizes
-are fixed when the server starts, so a change to them is reported as needing a restart.
+Certificates and the tokens file are re-read on every reload, and the drain timeout is read when
+the daemon stops; a reload that fails (a bad file, a configuration error) raises and leaves
+everything as it was. Every other option is fixed when the server starts (listeners, limits, the
+models' settings), so a change to one is logged as needing a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 
@@ -16,9 +18,8 @@ from sodd.config import ServeConfig
 from sodd.listeners import CertificateStore, TlsFiles
 
 log = logging.getLogger(__name__)
-# Changing these needs a restart: grpc fixes them when the server starts.
-RESTART_ONLY = ("listen", "unix_socket", "unix_socket_mode", "unix_socket_owner", "unix_socket_group",
-                "max_message_bytes", "metrics_listen")
+# What a reload applies; a change to any other option waits for a restart.
+LIVE = ("tls_cert", "tls_key", "tls_client_ca", "tokens_file", "drain_timeout_seconds")
 
 
 class Settings:
@@ -50,7 +51,8 @@ class Settings:
         if self.tokens is not None and tokens is not None:
             self.tokens.tokens = tokens
             log.info("reload: %d tokens read from %s", len(tokens.rights), new.tokens_file)
-        changed = [f for f in RESTART_ONLY if getattr(new, f) != getattr(old, f)]
+        changed = [f.name for f in dataclasses.fields(new)
+                   if f.name not in LIVE and getattr(new, f.name) != getattr(old, f.name)]
         if changed:
             log.warning("reload: %s changed; restart the daemon to apply", ", ".join(changed))
         self.config = new
