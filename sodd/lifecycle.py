@@ -2,8 +2,9 @@
 
 SIGHUP runs the reload callbacks in order (configuration and certificates first, then whatever
 else registered, such as the model repository), wrapped in RELOADING=1 ... READY=1. SIGTERM or
-SIGINT ends the loop; stopping is the caller's job. The watchdog is pinged from this same event
-loop, so a loop that hangs stops pinging and systemd restarts the daemon.
+SIGINT ends the loop; stopping is the caller's job. The watchdog is pinged from the same event
+loop that serves requests, from start to exit, so a loop that hangs stops pinging and systemd
+restarts the daemon.
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ async def _ping_watchdog(notifier: Notifier, every: float) -> None:
     while True:
         notifier.watchdog()
         await asyncio.sleep(every)
+
+
+def start_watchdog(notifier: Notifier) -> asyncio.Task | None:
+    """Ping every WATCHDOG_USEC/2, as sd_watchdog_enabled(3) advises, so one late ping does not kill us."""
+    if not (notifier.enabled and notifier.watchdog_seconds):
+        return None
+    return asyncio.create_task(_ping_watchdog(notifier, notifier.watchdog_seconds / 2))
 
 
 async def reload_all(callbacks: list[ReloadCallback], notifier: Notifier, status: Callable[[], str]) -> bool:
@@ -53,10 +61,6 @@ async def run_until_stopped(notifier: Notifier, reload_callbacks: list[ReloadCal
     handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     for sig in handled:
         loop.add_signal_handler(sig, signals.put_nowait, sig)
-    watchdog = None
-    if notifier.enabled and notifier.watchdog_seconds:
-        # Half the timeout, as sd_watchdog_enabled(3) advises, so one late ping does not kill us.
-        watchdog = asyncio.create_task(_ping_watchdog(notifier, notifier.watchdog_seconds / 2))
     try:
         while True:
             sig = await signals.get()
@@ -65,7 +69,5 @@ async def run_until_stopped(notifier: Notifier, reload_callbacks: list[ReloadCal
             log.info("SIGHUP: reloading")
             await reload_all(reload_callbacks, notifier, status)
     finally:
-        if watchdog is not None:
-            watchdog.cancel()
-        for sig in (signal.SIGHUP,):
-            loop.remove_signal_handler(sig)
+        # SIGTERM/SIGINT stay handled (and ignored) so that a second one does not cut the drain short.
+        loop.remove_signal_handler(signal.SIGHUP)

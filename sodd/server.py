@@ -12,7 +12,7 @@ from grpc_reflection.v1alpha import reflection
 
 from sodd.config import ServeConfig
 from sodd.drain import DrainInterceptor, drain
-from sodd.lifecycle import ReloadCallback, run_until_stopped
+from sodd.lifecycle import ReloadCallback, run_until_stopped, start_watchdog
 from sodd.listeners import add_listeners
 from sodd.manager import ModelManager
 from sodd.metrics import Metrics, MetricsEndpoint, MetricsInterceptor
@@ -58,6 +58,7 @@ async def serve(config: ServeConfig, reload_config: Callable[[], ServeConfig] | 
     """Serve until SIGTERM/SIGINT, then drain. `reload_config` re-reads the configuration on SIGHUP."""
     notifier = Notifier.from_environment()
     notifier.status("loading models")
+    watchdog = start_watchdog(notifier)  # through loading, serving and draining
     settings = Settings(config, reload_config)
     metrics = Metrics()
     # Before loading, so a taken port fails at once and slow loads can be watched.
@@ -119,3 +120,5 @@ async def serve(config: ServeConfig, reload_config: Callable[[], ServeConfig] | 
     registry.close()
     if endpoint is not None:
         endpoint.close()
+    if watchdog is not None:
+        watchdog.cancel()
