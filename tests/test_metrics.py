@@ -4,7 +4,10 @@ docs promise is there with the values the requests imply, and each request leave
 from __future__ import annotations
 
 import json
+import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,3 +105,40 @@ def test_one_log_line_per_request(daemon: Daemon, traffic: dict[str, str]) -> No
     assert (by_id["ok-1"]["model"], by_id["ok-1"]["version"], by_id["ok-1"]["device"]) == ("tiny", "1", "cpu")
     assert "image.encoded" in by_id["bad-image"]["error"]
     assert by_id["bad-model"]["model"] == "unknown"
+
+
+def test_swaps_and_failed_versions(tiny_model_dirs: dict[str, Path], tmp_path: Path, visdrone_image: Path) -> None:
+    """Version 1 counts as a load, version 2 as a swap, a broken version 3 as a failed swap."""
+    root = tmp_path / "repository" / "tiny"
+    root.mkdir(parents=True)
+    shutil.copytree(tiny_model_dirs["pir"], root / "1")
+    d = start_daemon(["--model-repository", str(root.parent), "--settle-seconds", "0.3"], tmp_path / "daemon.log")
+    try:
+        url = metrics_url(d)
+        # An answered request also means the daemon's start-up is over, SIGHUP handler included.
+        with Client(d.address, timeout=60) as client:
+            assert client.detect(visdrone_image.read_bytes()).version == 1
+        for version, broken in ((2, False), (3, True)):
+            staging = root.parent / f".staging-{version}"
+            shutil.copytree(tiny_model_dirs["pir"], staging)
+            if broken:
+                (staging / "inference.yml").write_text("Global: {model_name: [unclosed\n")
+            staging.rename(root / str(version))
+            d.process.send_signal(signal.SIGHUP)  # re-read now rather than wait for the file watcher
+            swapped = "sodd_model_swap_failures_total" if broken else "sodd_model_swap_duration_seconds_count"
+            deadline = time.monotonic() + 30
+            while value(s := samples(scrape(url)), swapped, model="tiny", version=str(version)) != 1:
+                assert time.monotonic() < deadline, f"version {version} was not followed:\n{d.log()}"
+                time.sleep(0.2)
+        assert value(s, "sodd_model_load_duration_seconds_count", model="tiny", version="1") == 1
+        assert value(s, "sodd_model_load_failures_total") == 0
+        # Version 2 serves; the broken 3 never does.
+        deadline = time.monotonic() + 10
+        while {dict(ls)["version"] for n, ls in samples(scrape(url)) if n == "sodd_model_info"} != {"2"}:
+            assert time.monotonic() < deadline, scrape(url)
+            time.sleep(0.2)
+        with Client(d.address, timeout=60) as client:
+            assert client.detect(visdrone_image.read_bytes()).version == 2
+        assert value(samples(scrape(url)), "sodd_requests_total", model="tiny", version="2", code="OK") == 1
+    finally:
+        assert d.stop() == 0, d.log()
