@@ -136,8 +136,12 @@ def run(args: argparse.Namespace) -> int:
     plot_dir = args.plot_dir or (args.doc.parent / "img" if args.doc else None)
     if plot_dir is not None:
         plot_path = plot_dir / f"bench-{_slug(name)}.png"
-        plot.plot(outcome.measurements, f"{name}: {model.model_name}, {facts['cpu']}, {facts['cores']} cores",
-                  plot_path)
+        try:
+            plot.plot(outcome.measurements, f"{name}: {model.model_name}, {facts['cpu']}, {facts['cores']} cores",
+                      plot_path)
+        except Exception as exc:  # noqa: BLE001 - a broken plotting stack must not cost the measured numbers
+            print(f"sodd bench: no plot written ({type(exc).__name__}: {exc})", file=sys.stderr)
+            plot_path = None
     text = report.markdown(name, data, outcome.measurements, _relative(plot_path, args.doc) if plot_path else None)
     if args.doc:
         report.write_section(args.doc, name, text)
