@@ -200,7 +200,7 @@ def test_fallback_list_loads_on_the_next_device(client: Client, visdrone_image: 
     assert client.detect(visdrone_image.read_bytes(), "fallback").device == "cpu"
 
 
-@pytest.mark.parametrize("device, reason", [("gpu:0?mode=trt_fp16", "no CUDA"), ("npu:0", "CustomDevice")])
+@pytest.mark.parametrize("device, reason", [("gpu?mode=trt_fp16", "no CUDA"), ("npu:0", "CustomDevice")])
 def test_unavailable_device_stops_the_start_with_the_reason(tiny_model_dirs: dict[str, Path], device: str,
                                                             reason: str) -> None:
     if device.startswith("gpu") and paddle_has_cuda():
