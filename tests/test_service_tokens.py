@@ -3,6 +3,7 @@ has no right to -> PERMISSION_DENIED, health without a token; the tokens file is
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import stat
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sodd_client import Client
+from sodd_client import AsyncClient, Client
 from sodd_client.cli import main as client_main
 
 from sodd.v1 import detector_pb2 as pb
@@ -79,6 +80,16 @@ def test_tokens_over_tcp_and_unix_socket(tiny_model_dirs: dict[str, Path], tmp_p
                 health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
                 assert health.status == health_pb2.HealthCheckResponse.SERVING
 
+        async def async_calls() -> tuple[list[str], grpc.StatusCode]:
+            async with AsyncClient(f"unix:{socket_path}", timeout=30, token=TINY_ONLY) as client:
+                names = [m.name for m in await client.list_models()]
+                try:
+                    await client.detect(image, "tiny-legacy")
+                except grpc.aio.AioRpcError as exc:
+                    return names, exc.code()
+                return names, grpc.StatusCode.OK
+
+        assert asyncio.run(async_calls()) == (["tiny", "tiny-legacy"], grpc.StatusCode.PERMISSION_DENIED)
         assert client_main(["--server", f"unix:{socket_path}", "--token", TINY_ONLY, "models"]) == 0
         assert client_main(["--server", f"unix:{socket_path}", "models"]) == 1
         assert "UNAUTHENTICATED" in capsys.readouterr().err
