@@ -95,6 +95,9 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
     assert [(m.name, m.threshold, m.max_batch_size) for m in flags.models] == [("a", 0.4, 4), ("b", 0.6, 4)]
     replaced = build_config(serve_args("--config", str(file), "--model", f"c={tmp_path}"))
     assert [m.name for m in replaced.models] == ["c"]
+    # A reload rebuilds from the same flags: a model the file no longer has is an error, not an exit.
+    with pytest.raises(ConfigError, match="name 'a' is not a served model"):
+        build_config(serve_args("--config", str(file), "--model", f"c={tmp_path}", "--threshold", "a=0.5"))
 
 
 def test_a_bad_file_stops_the_start_naming_the_key(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from sodd.auth import TokenFileError
 from sodd.config import DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME, ModelConfig, ServeConfig
-from sodd.config_file import DEFAULT_CONFIG_PATH, make_config, read_config
+from sodd.config_file import DEFAULT_CONFIG_PATH, ConfigError, make_config, read_config
 from sodd.devices import parse_devices
 from sodd.errors import SoddError
 from sodd.listeners import ListenerError
@@ -131,8 +131,10 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
     names = {m.name for m in models}
     for name in set(devices) | set(thresholds) | set(policies):
         if name not in names and name != "*":
-            raise SystemExit(f"sodd serve: --device/--threshold/--version-policy name {name!r} is not a served "
-                             "model (use * for repository models)")
+            # ConfigError, not SystemExit: on a reload the file may have dropped the model, and that must
+            # not end the daemon.
+            raise ConfigError(f"--device/--threshold/--version-policy name {name!r} is not a served "
+                              "model (use * for repository models)")
 
     def with_flags(model: ModelConfig, name: str) -> ModelConfig:
         changes: dict[str, Any] = {}
