@@ -9,13 +9,19 @@ import numpy as np
 
 
 class PaddlePredictor:
-    def __init__(self, config: object, notes: str = "") -> None:
-        from paddle import inference
+    def __init__(self, config: object, notes: str = "", *, predictor: object = None) -> None:
+        if predictor is None:
+            from paddle import inference
 
-        self._predictor = inference.create_predictor(config)
-        self._input_names = tuple(self._predictor.get_input_names())
-        self._output_names = tuple(self._predictor.get_output_names())
+            predictor = inference.create_predictor(config)
+        self._predictor = predictor
+        self._input_names = tuple(predictor.get_input_names())
+        self._output_names = tuple(predictor.get_output_names())
         self._notes = notes
+
+    def clone(self) -> PaddlePredictor:
+        """Another instance for another engine thread, sharing the weights."""
+        return PaddlePredictor(None, self._notes, predictor=self._predictor.clone())
 
     @property
     def input_names(self) -> tuple[str, ...]:

@@ -129,3 +129,24 @@ def test_no_boxes_and_bad_batch_counts_are_normalised() -> None:
     assert _counts_match([rows, np.array([2, 3], np.int32)], 2)
     assert not _counts_match([rows, np.array([5], np.int32)], 2)
     assert not _counts_match([rows, np.array([2, 2], np.int32)], 2)
+
+
+def test_clones_answer_like_the_original(tiny_model_dirs: dict[str, Path], converted: Path,
+                                         batch_inputs: dict[str, np.ndarray]) -> None:
+    """The engine runs clones on other threads: Lite's and the Paddle Inference wrapper's must agree."""
+    from paddle import inference
+
+    from hw_plugins.arm_lite import ArmLitePlugin
+    from hw_plugins.paddle_predictor import PaddlePredictor
+
+    model = read_model_dir(tiny_model_dirs["both"])
+    lite = ArmLitePlugin().load(model, "arm", {"cache_dir": str(converted.parent)})
+    config = inference.Config(str(model.model_file), str(model.params_file))
+    config.disable_gpu()
+    paddle_predictor = PaddlePredictor(config, "cpu through the shared wrapper")
+    for original in (lite, paddle_predictor):
+        twin = original.clone()
+        assert twin.input_names == original.input_names
+        expected, got = original.run(batch_inputs), twin.run(batch_inputs)
+        assert np.array_equal(expected[1], got[1]) and np.allclose(expected[0], got[0], atol=1e-5)
+    assert paddle_predictor.clone().notes == "cpu through the shared wrapper"

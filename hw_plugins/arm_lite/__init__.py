@@ -84,8 +84,14 @@ class LitePredictor:
         self._predictor = lite.create_paddle_predictor(config)
         self._input_names = tuple(self._predictor.get_input_names())
         self._output_names = tuple(self._predictor.get_output_names())
+        self._settings = (nb_file, threads, power_mode)
         self._per_image = per_image
         self._notes = notes
+
+    def clone(self) -> LitePredictor:
+        """Another instance for another engine thread: Lite cannot share weights, so it reloads the file."""
+        nb_file, threads, power_mode = self._settings
+        return LitePredictor(nb_file, threads, power_mode, self._per_image, [])
 
     @property
     def input_names(self) -> tuple[str, ...]:
