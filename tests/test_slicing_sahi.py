@@ -99,3 +99,13 @@ def test_windows_equal_sahi(width: int, height: int, size: int, overlap: float) 
                            overlap_width_ratio=overlap)
     expected = get_slice_bboxes(height, width, size, size, False, overlap, overlap)
     assert plan_slices(width, height, options, None) == [tuple(b) for b in expected]
+
+
+def test_merged_boxes_equal_sahi_on_a_crowded_image() -> None:
+    """Enough boxes that both sides take their large-input paths (sodd prunes by x-range)."""
+    rows = slice_like_rows(np.random.default_rng(5), 400)
+    assert len(rows) > 600
+    for method, metric in itertools.product(SAHI_POSTPROCESS, ("iou", "ios")):
+        options = SliceOptions(slice_height=64, slice_width=64, merge=method, match_metric=metric)
+        np.testing.assert_array_equal(canonical(merge_rows(rows, options)),
+                                      canonical(sahi_merge(rows, method, metric, 0.5, False)), err_msg=method)

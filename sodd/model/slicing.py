@@ -187,18 +187,48 @@ def _score_order(rows: np.ndarray) -> np.ndarray:
     return np.lexsort((rows[:, 5], rows[:, 4], rows[:, 3], rows[:, 2], -rows[:, 1]))
 
 
-def _metric_row(boxes: np.ndarray, areas: np.ndarray, i: int, metric: str) -> np.ndarray:
-    """IoU or IoS of box i against every box, in float32 like SAHI's matrix (0 where undefined).
+_PRUNE_FROM = 256
 
-    Computed a row at a time so memory stays linear in the number of boxes.
+
+class _Matcher:
+    """Which boxes match box i, a row at a time, so memory stays linear in the number of boxes.
+
+    Values are computed in float32 exactly as SAHI's pairwise matrix (0 where undefined), but
+    only against boxes whose x-range can meet box i's: on a whole image's worth of slice boxes
+    that is a small neighbourhood instead of every box.
     """
-    inter_w = np.maximum(0, np.minimum(boxes[i, 2], boxes[:, 2]) - np.maximum(boxes[i, 0], boxes[:, 0]))
-    inter_h = np.maximum(0, np.minimum(boxes[i, 3], boxes[:, 3]) - np.maximum(boxes[i, 1], boxes[:, 1]))
-    inter = inter_w * inter_h
-    denominator = (areas[i] + areas) - inter if metric == "iou" else np.minimum(areas[i], areas)
-    out = np.zeros(len(boxes), dtype=np.float32)
-    np.divide(inter, denominator, out=out, where=denominator > 0)
-    return out
+
+    def __init__(self, rows: np.ndarray, metric: str, threshold: float) -> None:
+        self.boxes = rows[:, 2:6]
+        self.areas = (self.boxes[:, 2] - self.boxes[:, 0]) * (self.boxes[:, 3] - self.boxes[:, 1])
+        self.metric = metric
+        self.threshold = np.float32(threshold)
+        widths = self.boxes[:, 2] - self.boxes[:, 0]
+        # Pruning by x-range is only sound when a match needs an overlap (threshold > 0) and
+        # every box is an ordinary one; below a few hundred boxes it costs more than it saves.
+        self.prune = bool(threshold > 0 and len(rows) > _PRUNE_FROM and np.isfinite(self.boxes).all()
+                          and (widths >= 0).all())
+        if self.prune:
+            self.by_x1 = np.argsort(self.boxes[:, 0], kind="stable")
+            self.x1_sorted = self.boxes[self.by_x1, 0].astype(np.float64)
+            self.reach = float(widths.max()) + 1.0  # a pixel of slack against rounding
+
+    def matches(self, i: int) -> np.ndarray:
+        """Ascending indices j (i itself included when it matches itself) with metric >= threshold."""
+        if self.prune:
+            lo = np.searchsorted(self.x1_sorted, float(self.boxes[i, 0]) - self.reach, side="left")
+            hi = np.searchsorted(self.x1_sorted, float(self.boxes[i, 2]), side="right")
+            near = np.sort(self.by_x1[lo:hi])
+        else:
+            near = np.arange(len(self.boxes))
+        box, boxes, areas = self.boxes[i], self.boxes[near], self.areas[near]
+        inter_w = np.maximum(0, np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]))
+        inter_h = np.maximum(0, np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]))
+        inter = inter_w * inter_h
+        denominator = (self.areas[i] + areas) - inter if self.metric == "iou" else np.minimum(self.areas[i], areas)
+        values = np.zeros(len(near), dtype=np.float32)
+        np.divide(inter, denominator, out=values, where=denominator > 0)
+        return near[values >= self.threshold]
 
 
 def _pair_matches(a: Sequence[float], b: Sequence[float], metric: str, threshold: float) -> bool:
@@ -213,20 +243,20 @@ def _pair_matches(a: Sequence[float], b: Sequence[float], metric: str, threshold
 
 
 def _nms(rows: np.ndarray, metric: str, threshold: float) -> list[tuple[int, list[int]]]:
-    boxes, areas = _boxes_and_areas(rows)
+    matcher = _Matcher(rows, metric, threshold)
     suppressed = np.zeros(len(rows), dtype=bool)
     groups: list[tuple[int, list[int]]] = []
     for i in _score_order(rows).tolist():
         if suppressed[i]:
             continue
         groups.append((i, []))
-        suppressed |= _metric_row(boxes, areas, i, metric) >= np.float32(threshold)
+        suppressed[matcher.matches(i)] = True
     return groups
 
 
 def _greedy_nmm(rows: np.ndarray, metric: str, threshold: float) -> list[tuple[int, list[int]]]:
     """Each keeper takes the lower-ranked, unclaimed boxes that match it directly."""
-    boxes, areas = _boxes_and_areas(rows)
+    matcher = _Matcher(rows, metric, threshold)
     order = _score_order(rows)
     rank = np.empty(len(rows), dtype=np.intp)
     rank[order] = np.arange(len(rows))
@@ -235,8 +265,9 @@ def _greedy_nmm(rows: np.ndarray, metric: str, threshold: float) -> list[tuple[i
     for position, i in enumerate(order.tolist()):
         if claimed[i]:
             continue
-        candidates = (rank > position) & ~claimed & (_metric_row(boxes, areas, i, metric) >= np.float32(threshold))
-        members = order[candidates[order]]  # in score order, as SAHI lists them
+        members = matcher.matches(i)
+        members = members[(rank[members] > position) & ~claimed[members]]
+        members = members[np.argsort(rank[members])]  # in score order, as SAHI lists them
         claimed[members] = True
         groups.append((i, members.tolist()))
     return groups
@@ -249,22 +280,13 @@ def _nmm(rows: np.ndarray, metric: str, threshold: float) -> list[tuple[int, lis
     coordinates (SAHI's dominance rule); keepers are never claimed. Members are listed in the
     order they were claimed, candidates of one box by ascending input index, as SAHI does.
     """
-    boxes, areas = _boxes_and_areas(rows)
-    scores = rows[:, 1]
-    n = len(rows)
-    owner = np.full(n, -1, dtype=np.intp)
+    matcher = _Matcher(rows, metric, threshold)
+    owner = np.full(len(rows), -1, dtype=np.intp)
     members_of: dict[int, list[int]] = {}
     groups: list[tuple[int, list[int]]] = []
     for i in _score_order(rows).tolist():
-        # coords(j) <= coords(i) lexicographically (x1, y1, x2, y2), i.e. not coords(i) < coords(j)
-        i_before_j = np.zeros(n, dtype=bool)
-        still_equal = np.ones(n, dtype=bool)
-        for c in range(4):
-            i_before_j |= still_equal & (boxes[i, c] < boxes[:, c])
-            still_equal &= boxes[i, c] == boxes[:, c]
-        dominated = (scores[i] > scores) | ((scores[i] == scores) & ~i_before_j)
-        dominated[i] = False
-        matched = np.flatnonzero(dominated & (_metric_row(boxes, areas, i, metric) >= np.float32(threshold)))
+        matched = matcher.matches(i)
+        matched = matched[(matched != i) & _dominated(rows, i, matched)]
         if owner[i] < 0:
             owner[i] = i
             members_of[i] = []
@@ -277,16 +299,24 @@ def _nmm(rows: np.ndarray, metric: str, threshold: float) -> list[tuple[int, lis
     return groups
 
 
+def _dominated(rows: np.ndarray, i: int, others: np.ndarray) -> np.ndarray:
+    """Which of `others` box i may claim: a lower score, or the same score and box i not sorting
+    before it by (x1, y1, x2, y2), which is SAHI's rule."""
+    score, other_scores = rows[i, 1], rows[others, 1]
+    boxes = rows[others, 2:6]
+    i_first = np.zeros(len(others), dtype=bool)
+    still_equal = np.ones(len(others), dtype=bool)
+    for c in range(4):
+        i_first |= still_equal & (rows[i, 2 + c] < boxes[:, c])
+        still_equal &= rows[i, 2 + c] == boxes[:, c]
+    return (score > other_scores) | ((score == other_scores) & ~i_first)
+
+
 _GROUPERS: dict[str, Callable[[np.ndarray, str, float], list[tuple[int, list[int]]]]] = {
     "nms": _nms,
     "greedynmm": _greedy_nmm,
     "nmm": _nmm,
 }
-
-
-def _boxes_and_areas(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    boxes = rows[:, 2:6]
-    return boxes, (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
 @dataclass(frozen=True)
