@@ -1,0 +1,101 @@
+"""ONNX Runtime on the CPU (device `onnxruntime`): the model directory as an ONNX graph.
+
+The graph is the directory's `inference.onnx` or a cached paddle2onnx conversion, cut before its
+NMS; Paddle's `multiclass_nms3` is then applied in numpy (see hw_plugins.onnx_common), so the boxes
+are those Paddle's NMS would keep.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from hw_plugins.onnx_common import (
+    OnnxProgram,
+    batch_of_one,
+    default_onnx_cache,
+    finish_outputs,
+    onnx_program,
+    package_version,
+    run_per_image,
+)
+from sodd.errors import InvalidArgument
+from sodd.modeldir import ModelDir
+from sodd.plugin import DeviceInfo
+
+OPTIONS = ("threads", "cache_dir")
+
+
+class OrtPredictor:
+    def __init__(self, program: OnnxProgram, threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self._session = ort.InferenceSession(str(program.path), options, providers=["CPUExecutionProvider"])
+        inputs = self._session.get_inputs()
+        self._input_names = tuple(i.name for i in inputs)
+        self._per_image = batch_of_one(inputs[0].shape)
+        self._nms = program.nms
+        self.notes = f"ONNX Runtime {package_version('onnxruntime')} on {program.note}"
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return self._input_names
+
+    def clone(self) -> OrtPredictor:
+        """ONNX Runtime sessions may run from several threads: clones share the session."""
+        return copy.copy(self)
+
+    def _run_graph(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return self._session.run(None, {n: np.ascontiguousarray(inputs[n]) for n in self._input_names})
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        feeds = {n: inputs[n] for n in self._input_names}
+        if self._per_image and feeds[self._input_names[0]].shape[0] > 1:
+            outputs = run_per_image(self._run_graph, feeds)
+        else:
+            outputs = self._run_graph(feeds)
+        return finish_outputs(outputs, self._nms)
+
+    def close(self) -> None:
+        self._session = None
+
+
+class OnnxRuntimePlugin:
+    name = "onnxruntime"
+    device_types = ("onnxruntime",)
+
+    def probe(self) -> list[DeviceInfo]:
+        facts = {"machine": platform.machine()}
+        try:
+            import onnxruntime  # noqa: F401
+            import paddle2onnx  # noqa: F401
+        except Exception as exc:  # noqa: BLE001 - any import failure makes the device unavailable
+            return [DeviceInfo("onnxruntime", False, f"onnxruntime or paddle2onnx is not importable: {exc}", facts)]
+        facts.update(onnxruntime=package_version("onnxruntime"), paddle2onnx=package_version("paddle2onnx"),
+                     cores=str(os.cpu_count()))
+        return [DeviceInfo("onnxruntime", True, "", facts)]
+
+    def load(self, model: ModelDir, device: str, options: Mapping[str, str]) -> OrtPredictor:
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise InvalidArgument(f"device {device}: unknown option(s) {unknown}; "
+                                  f"the onnxruntime plugin takes {list(OPTIONS)}")
+        threads = options.get("threads") or str(os.cpu_count() or 1)
+        if not threads.isdigit() or int(threads) < 1:
+            raise InvalidArgument(f"device {device}: threads must be a positive integer, got {threads!r}")
+        cache_dir = Path(options["cache_dir"]) if options.get("cache_dir") else default_onnx_cache()
+        return OrtPredictor(onnx_program(model, cache_dir), int(threads))
+
+    def close(self) -> None:
+        pass

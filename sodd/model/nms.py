@@ -1,0 +1,151 @@
+"""Paddle's `multiclass_nms3` in numpy, for backends that run a graph cut before its NMS.
+
+Converted graphs do their own NMS differently (ONNX `NonMaxSuppression` + `TopK` keeps other boxes
+when `keep_top_k` cuts), so the ONNX backends stop at the NMS inputs and finish here. The rules
+follow Paddle's CPU kernel exactly, because users compare boxes across backends:
+
+- per class (skipping `background_label`): scores `> score_threshold`, stable sort by score
+  descending, at most `nms_top_k`; greedy: a box is kept when its overlap with every kept box of
+  the class is `<= threshold` (the threshold shrinks by `nms_eta` after each keep while > 0.5);
+- overlap is IoU, with the `+1` pixel convention on widths and areas when `normalized` is false;
+- when more than `keep_top_k` boxes survive in an image, the best `keep_top_k` by score are kept
+  (stable: ties go to the lower class, then NMS order);
+- rows `[class, score, x1, y1, x2, y2]` grouped by class ascending, each class in score order; one
+  count per image. All arithmetic is float32, as the kernel's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+_MATRIX_LIMIT = 4096  # candidates per class up to which the whole overlap matrix is built
+_ROWS = 512  # matrix rows computed at once, to bound temporaries
+
+
+@dataclass(frozen=True)
+class NmsParams:
+    """The op's attributes; the defaults are what sodd's exporter writes."""
+
+    score_threshold: float = 0.01
+    nms_top_k: int = 1000
+    keep_top_k: int = 500
+    nms_threshold: float = 0.6
+    normalized: bool = True
+    nms_eta: float = 1.0
+    background_label: int = -1
+
+
+def _areas(boxes: np.ndarray, normalized: bool) -> np.ndarray:
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    if not normalized:
+        w, h = w + np.float32(1), h + np.float32(1)
+    area = w * h
+    invalid = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    return np.where(invalid, np.float32(0), area).astype(np.float32)
+
+
+def _overlaps(box: np.ndarray, area: np.float32, others: np.ndarray, other_areas: np.ndarray,
+              normalized: bool) -> np.ndarray:
+    """IoU of one box with many, float32, in the kernel's order of operations."""
+    disjoint = ((others[:, 0] > box[2]) | (others[:, 2] < box[0])
+                | (others[:, 1] > box[3]) | (others[:, 3] < box[1]))
+    norm = np.float32(0 if normalized else 1)
+    inter_w = np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0]) + norm
+    inter_h = np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1]) + norm
+    inter = inter_w * inter_h
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = inter / (area + other_areas - inter)
+    return np.where(disjoint, np.float32(0), iou)
+
+
+def _overlap_matrix(a: np.ndarray, a_areas: np.ndarray, b: np.ndarray, b_areas: np.ndarray,
+                    normalized: bool) -> np.ndarray:
+    """IoU of every box in `a` with every box in `b`, with the same float32 steps as `_overlaps`."""
+    a, b = a[:, None, :], b[None, :, :]
+    disjoint = (b[..., 0] > a[..., 2]) | (b[..., 2] < a[..., 0]) | (b[..., 1] > a[..., 3]) | (b[..., 3] < a[..., 1])
+    norm = np.float32(0 if normalized else 1)
+    inter_w = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + norm
+    inter_h = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + norm
+    inter = inter_w * inter_h
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = inter / (a_areas[:, None] + b_areas[None, :] - inter)
+    return np.where(disjoint, np.float32(0), iou)
+
+
+def _nms_one_class(boxes: np.ndarray, areas: np.ndarray, scores: np.ndarray, p: NmsParams) -> np.ndarray:
+    """Indices kept for one class, in the order NMS kept them."""
+    candidates = np.flatnonzero(scores > np.float32(p.score_threshold))
+    if candidates.size == 0:
+        return candidates
+    order = candidates[np.argsort(-scores[candidates], kind="stable")]
+    if p.nms_top_k > -1:
+        order = order[:p.nms_top_k]
+    threshold = np.float32(p.nms_threshold)
+    if p.nms_eta >= 1 and order.size <= _MATRIX_LIMIT:
+        # A fixed threshold: one overlap matrix, then a greedy scan over booleans.
+        picked = boxes[order]
+        picked_areas = areas[order]
+        suppress = np.empty((order.size, order.size), dtype=bool)
+        for start in range(0, order.size, _ROWS):
+            rows = slice(start, start + _ROWS)
+            iou = _overlap_matrix(picked[rows], picked_areas[rows], picked, picked_areas, p.normalized)
+            suppress[rows] = ~(iou <= threshold)  # NaN (degenerate boxes) suppresses, as in the kernel
+        removed = np.zeros(order.size, dtype=bool)
+        kept = []
+        for i in range(order.size):
+            if removed[i]:
+                continue
+            kept.append(i)
+            removed[i + 1:] |= suppress[i, i + 1:]
+        return order[np.array(kept, dtype=np.int64)]
+    kept_list: list[int] = []
+    eta = np.float32(p.nms_eta)
+    for i in order:
+        if kept_list:
+            idx = np.array(kept_list)
+            iou = _overlaps(boxes[i], areas[i], boxes[idx], areas[idx], p.normalized)
+            if not np.all(iou <= threshold):
+                continue
+        kept_list.append(int(i))
+        if eta < 1 and threshold > 0.5:
+            threshold = np.float32(threshold * eta)
+    return np.array(kept_list, dtype=np.int64)
+
+
+def _nms_one_image(boxes: np.ndarray, scores: np.ndarray, p: NmsParams) -> np.ndarray:
+    areas = _areas(boxes, p.normalized)
+    per_class: list[tuple[int, np.ndarray]] = []
+    for c in range(scores.shape[0]):
+        if c == p.background_label:
+            continue
+        kept = _nms_one_class(boxes, areas, scores[c], p)
+        if kept.size:
+            per_class.append((c, kept))
+    total = sum(k.size for _, k in per_class)
+    if total == 0:
+        return np.zeros((0, 6), dtype=np.float32)
+    if p.keep_top_k > -1 and total > p.keep_top_k:
+        labels = np.concatenate([np.full(k.size, c) for c, k in per_class])
+        indices = np.concatenate([k for _, k in per_class])
+        best = np.argsort(-scores[labels, indices], kind="stable")[:p.keep_top_k]
+        # Within a class the survivors stay in score order; classes ascend.
+        per_class = [(c, indices[best][labels[best] == c]) for c, _ in per_class]
+        per_class = [(c, k) for c, k in per_class if k.size]
+    rows = [np.column_stack([np.full(k.size, c, dtype=np.float32), scores[c, k], boxes[k]]) for c, k in per_class]
+    return np.concatenate(rows).astype(np.float32)
+
+
+def multiclass_nms(boxes: np.ndarray, scores: np.ndarray, params: NmsParams) -> tuple[np.ndarray, np.ndarray]:
+    """`boxes` [B, M, 4] xyxy and `scores` [B, C, M] -> rows [N, 6] float32 and counts int32 [B]."""
+    boxes = np.asarray(boxes, dtype=np.float32)
+    scores = np.asarray(scores, dtype=np.float32)
+    if boxes.ndim != 3 or boxes.shape[2] != 4 or scores.ndim != 3 or scores.shape[::2] != boxes.shape[:2]:
+        raise ValueError(f"NMS needs boxes [B, M, 4] and scores [B, C, M], got {list(boxes.shape)} "
+                         f"and {list(scores.shape)}")
+    per_image = [_nms_one_image(boxes[b], scores[b], params) for b in range(boxes.shape[0])]
+    counts = np.array([r.shape[0] for r in per_image], dtype=np.int32)
+    rows = np.concatenate(per_image) if per_image else np.zeros((0, 6), dtype=np.float32)
+    return rows, counts
