@@ -393,7 +393,7 @@ class SlicedDetection:
 
 
 def to_image_rows(rows: np.ndarray, window: Window) -> np.ndarray:
-    """Clip a crop's rows to the crop, shift them into image pixels, drop empty boxes.
+    """Clip a crop's rows to the crop, shift them into image pixels, drop empty and padding rows.
 
     Clipping first keeps only what the crop saw; the part of a box beyond the crop border is the
     network's guess, and leaving it would inflate areas and so the overlap used in merging.
@@ -404,7 +404,8 @@ def to_image_rows(rows: np.ndarray, window: Window) -> np.ndarray:
     rows[:, 3] = np.clip(rows[:, 3], 0, y2 - y1) + y1
     rows[:, 4] = np.clip(rows[:, 4], 0, x2 - x1) + x1
     rows[:, 5] = np.clip(rows[:, 5], 0, y2 - y1) + y1
-    return rows[(rows[:, 4] > rows[:, 2]) & (rows[:, 5] > rows[:, 3])]
+    # Class -1 marks padding rows, which PaddleX never shows either.
+    return rows[(rows[:, 4] > rows[:, 2]) & (rows[:, 5] > rows[:, 3]) & (rows[:, 0] > -1)]
 
 
 def detect_sliced(image_bgr: np.ndarray, options: SliceOptions, model_input_hw: tuple[int, int] | None,
@@ -416,8 +417,9 @@ def detect_sliced(image_bgr: np.ndarray, options: SliceOptions, model_input_hw: 
 
     `threshold` is the request's resolved threshold, applied to each crop's rows before merging,
     as SAHI applies its confidence threshold per slice: a box the user would not see must not
-    stretch or suppress one they will. Pass None to merge everything (e.g. for mAP); with NMM that
-    lets low-scoring boxes grow the kept ones, which is why SAHI falls back to NMS there.
+    stretch one they will (NMM). NMS results above the threshold are the same either way, since
+    a lower-scored box never suppresses a higher one. Pass None to merge everything (e.g. for
+    mAP); with NMM low-scoring boxes then grow the kept ones, which is why SAHI uses NMS there.
     """
     height, width = image_bgr.shape[:2]
     windows = plan_slices(width, height, options, model_input_hw)
