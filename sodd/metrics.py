@@ -17,8 +17,9 @@ import platform
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +89,9 @@ ALWAYS_STAGES = ("decode", "preprocess", "queue_wait", "inference", "postprocess
 UNKNOWN = "unknown"
 MODEL_LABELS = ("model", "version", "device")
 DETECT_METHODS = {"/sodd.v1.Detector/Detect": "Detect", "/sodd.v1.Detector/DetectBatch": "DetectBatch"}
+# Camera frames: one request per frame, each answered by a response or an error of its own.
+STREAM_METHOD = "/sodd.v1.Detector/DetectStream"
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def _package_version(name: str) -> str:
@@ -162,7 +166,7 @@ class Metrics:
         """A series that first appears with a value hides that value from rate(): the first errors
         would never raise an error ratio. So every code starts at zero, as go-grpc-prometheus does;
         latency histograms only for OK, as they are 17 series each."""
-        for method in DETECT_METHODS.values():
+        for method in (*DETECT_METHODS.values(), "DetectStream"):
             for code in grpc.StatusCode:
                 self.requests.labels(*labels, method, code.name)
             if latency:
@@ -237,15 +241,15 @@ class _Outcome:
     labels: tuple[str, str, str]
     request_id: str
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
-    response: Any = None
+    results: list[Any] = field(default_factory=list)
     error: str = ""
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Observes every Detect and DetectBatch call from outside the service: its final status code,
-    its latency, and the per-stage timings, model, version and device the response carries. It also
-    gives each request an id before the service sees it, so the id the client gets back, the
-    service's own log lines and the request log line all agree."""
+    """Observes every Detect, DetectBatch and DetectStream frame from outside the service: its final
+    status code, its latency, and the per-stage timings, model, version and device the response
+    carries. It also gives each request an id before the service sees it, so the id the client gets
+    back, the service's own log lines and the request log line all agree."""
 
     def __init__(self, metrics: Metrics, registry: ModelRegistry) -> None:
         self._metrics = metrics
@@ -254,16 +258,30 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                                 handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        method = DETECT_METHODS.get(handler_call_details.method)
-        if handler is None or method is None or handler.unary_unary is None:
+        if handler is None:
             return handler
-        behaviour = handler.unary_unary
+        method = DETECT_METHODS.get(handler_call_details.method)
+        if method is not None and handler.unary_unary is not None:
+            unary = handler.unary_unary
 
-        async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            return await self._observe(method, behaviour, request, context)
+            async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                return await self._observe(method, unary, request, context)
 
-        return grpc.unary_unary_rpc_method_handler(observed, request_deserializer=handler.request_deserializer,
-                                                   response_serializer=handler.response_serializer)
+            return grpc.unary_unary_rpc_method_handler(observed, request_deserializer=handler.request_deserializer,
+                                                       response_serializer=handler.response_serializer)
+        if handler_call_details.method == STREAM_METHOD and handler.stream_stream is not None:
+            stream = handler.stream_stream
+
+            # grpc.aio tells streaming handlers apart by being async generator functions.
+            async def observed_stream(requests: AsyncIterator[Any],
+                                      context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                async for answer in self._observe_stream(stream, requests, context):
+                    yield answer
+
+            return grpc.stream_stream_rpc_method_handler(
+                observed_stream, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        return handler
 
     def _labels(self, request: Any) -> tuple[str, str, str]:
         """The model a request will run on, resolved as the service will resolve it."""
@@ -278,8 +296,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         except Exception:  # noqa: BLE001
             return UNKNOWN, UNKNOWN, UNKNOWN
 
-    async def _observe(self, method: str, behaviour: Callable[..., Any], request: Any,
-                       context: grpc.aio.ServicerContext) -> Any:
+    def _begin(self, request: Any) -> _Outcome:
         # Another interceptor may hand over a refusing handler that never parses the request (the
         # token check does): such a request is still counted, under unknown labels.
         parsed = isinstance(request, Message)
@@ -287,37 +304,87 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             request.request_id = uuid.uuid4().hex
         outcome = _Outcome(self._labels(request) if parsed else (UNKNOWN, UNKNOWN, UNKNOWN),
                            request.request_id if parsed else "")
-        in_flight = self._metrics.in_flight.labels(*outcome.labels)
-        in_flight.inc()
+        self._metrics.in_flight.labels(*outcome.labels).inc()
+        return outcome
+
+    def _end(self, method: str, outcome: _Outcome, started: float, counted_in_flight: bool = True) -> None:
+        if counted_in_flight:
+            self._metrics.in_flight.labels(*outcome.labels).dec()
+        try:
+            self._record(method, outcome, time.perf_counter() - started)
+        except Exception:  # a metrics bug must not turn an answer into an error
+            log.exception("recording metrics for %s failed", method)
+
+    @staticmethod
+    def _failed(exc: BaseException, context: grpc.aio.ServicerContext, outcome: _Outcome) -> None:
+        if isinstance(exc, grpc.aio.AbortError):
+            outcome.code = context.code() or grpc.StatusCode.UNKNOWN
+            outcome.error = context.details() or ""
+        elif isinstance(exc, Exception):
+            outcome.code = grpc.StatusCode.UNKNOWN
+            outcome.error = f"{type(exc).__name__}: {exc}"
+        else:  # cancelled by the client or by its deadline
+            remaining = context.time_remaining()
+            expired = remaining is not None and remaining <= 0
+            outcome.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+
+    async def _observe(self, method: str, behaviour: Callable[..., Any], request: Any,
+                       context: grpc.aio.ServicerContext) -> Any:
+        outcome = self._begin(request)
         started = time.perf_counter()
         try:
             result = behaviour(request, context)
-            outcome.response = await result if inspect.isawaitable(result) else result
+            response = await result if inspect.isawaitable(result) else result
             outcome.code = context.code() or grpc.StatusCode.OK
-            return outcome.response
-        except grpc.aio.AbortError:
-            outcome.code = context.code() or grpc.StatusCode.UNKNOWN
-            outcome.error = context.details() or ""
-            raise
+            if isinstance(response, Message) and outcome.code == grpc.StatusCode.OK:
+                outcome.results = list(response.results) if method == "DetectBatch" else [response]
+            return response
         except BaseException as exc:
-            if isinstance(exc, Exception):
-                outcome.error = f"{type(exc).__name__}: {exc}"
-            else:  # cancelled by the client or by its deadline
-                remaining = context.time_remaining()
-                expired = remaining is not None and remaining <= 0
-                outcome.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+            self._failed(exc, context, outcome)
             raise
         finally:
-            in_flight.dec()
-            try:
-                self._record(method, outcome, time.perf_counter() - started)
-            except Exception:  # a metrics bug must not turn an answer into an error
-                log.exception("recording metrics for %s failed", method)
+            self._end(method, outcome, started)
+
+    async def _observe_stream(self, behaviour: Callable[..., Any], requests: AsyncIterator[Any],
+                              context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        """Each frame counts as one request, timed from when the service takes it to its answer.
+        Answers come one per frame in the order sent, so a queue pairs them up."""
+        method = "DetectStream"
+        waiting: deque[tuple[_Outcome, float]] = deque()
+
+        async def frames() -> AsyncIterator[Any]:
+            async for request in requests:
+                waiting.append((self._begin(request), time.perf_counter()))
+                yield request
+
+        stream_started = time.perf_counter()
+        failure: _Outcome | None = None
+        try:
+            result = behaviour(frames(), context)
+            if not hasattr(result, "__aiter__"):
+                await result  # a handler that refuses the stream, or answers through context.write
+                return
+            async for answer in result:
+                if waiting:
+                    outcome, started = waiting.popleft()
+                    _frame_answer(outcome, answer)
+                    self._end(method, outcome, started)
+                yield answer
+        except BaseException as exc:
+            failure = _Outcome((UNKNOWN, UNKNOWN, UNKNOWN), "")
+            self._failed(exc, context, failure)
+            raise
+        finally:
+            if failure is not None and not waiting:  # a stream refused or broken between frames
+                self._end(method, failure, stream_started, counted_in_flight=False)
+            while waiting:  # frames taken but never answered share the stream's fate
+                outcome, started = waiting.popleft()
+                outcome.code = failure.code if failure else grpc.StatusCode.UNKNOWN
+                outcome.error = failure.error if failure else "the stream ended before this frame's answer"
+                self._end(method, outcome, started)
 
     def _record(self, method: str, outcome: _Outcome, seconds: float) -> None:
-        results = []
-        if isinstance(outcome.response, Message) and outcome.code == grpc.StatusCode.OK:
-            results = list(outcome.response.results) if method == "DetectBatch" else [outcome.response]
+        results = outcome.results
         labels = outcome.labels
         if results:  # the response names what actually ran
             first = results[0]
@@ -344,16 +411,28 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         # The other stages are per image: how long that image waited, the predictor run that
         # carried it (shared with its batch mates), its own postprocess, slicing and merging.
         present = {f.name for f in results[0].timings.DESCRIPTOR.fields}
-        stages = [(stage, field) for stage, field in STAGE_FIELDS.items() if field in present]
-        for stage, field in stages:
+        stages = [(stage, attr) for stage, attr in STAGE_FIELDS.items() if attr in present]
+        for stage, attr in stages:
             for r in results[:1] if stage in PER_REQUEST_STAGES else results:
-                self._observe_stage(labels, stage, getattr(r.timings, field))
+                self._observe_stage(labels, stage, getattr(r.timings, attr))
 
     def _observe_stage(self, labels: tuple[str, str, str], stage: str, value: float) -> None:
         if stage not in ALWAYS_STAGES and not value:
             return  # slicing and merging only when the request used them
         if math.isfinite(value) and value >= 0:
             self._metrics.stage_duration.labels(*labels, stage).observe(value)
+
+
+def _frame_answer(outcome: _Outcome, answer: Any) -> None:
+    """Fill a frame's outcome from its DetectStreamResponse: a response or a per-frame error."""
+    kind = answer.WhichOneof("result") if isinstance(answer, Message) else None
+    if kind == "error":
+        outcome.code = _CODES.get(answer.error.code, grpc.StatusCode.UNKNOWN)
+        outcome.error = answer.error.message
+    else:
+        outcome.code = grpc.StatusCode.OK
+        if kind == "response":
+            outcome.results = [answer.response]
 
 
 def split_listen(listen: str) -> tuple[str, int]:

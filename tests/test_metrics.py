@@ -15,6 +15,8 @@ import grpc
 import pytest
 from sodd_client import Client
 
+from sodd.v1 import detector_pb2 as pb
+from sodd.v1 import detector_pb2_grpc as pb_grpc
 from tests.conftest import Daemon, start_daemon
 from tests.metrics_helpers import metrics_url, prometheus_tool, samples, scrape, value
 
@@ -92,7 +94,7 @@ def test_series_follow_the_requests(daemon: Daemon, traffic: dict[str, str]) -> 
 
 def test_one_log_line_per_request(daemon: Daemon, traffic: dict[str, str]) -> None:
     lines = [json.loads(line) for line in daemon.log().splitlines() if line.startswith("{")]
-    requests = [entry for entry in lines if entry["logger"] == "sodd.requests"]
+    requests = [entry for entry in lines if entry["logger"] == "sodd.requests" and entry["request_id"] in traffic]
     by_id = {entry["request_id"]: entry for entry in requests}
     assert len(requests) == len(by_id) == len(traffic)
     for request_id, code in traffic.items():
@@ -105,6 +107,23 @@ def test_one_log_line_per_request(daemon: Daemon, traffic: dict[str, str]) -> No
     assert (by_id["ok-1"]["model"], by_id["ok-1"]["version"], by_id["ok-1"]["device"]) == ("tiny", "1", "cpu")
     assert "image.encoded" in by_id["bad-image"]["error"]
     assert by_id["bad-model"]["model"] == "unknown"
+
+
+def test_stream_frames_count_one_by_one(daemon: Daemon, visdrone_image: Path) -> None:
+    image = visdrone_image.read_bytes()
+    frames = [pb.DetectRequest(image=pb.Image(encoded=data), request_id=f"frame-{i}")
+              for i, data in enumerate((image, b"junk", image))]
+    stub = pb_grpc.DetectorStub(daemon.channel())
+    answers = list(stub.DetectStream(iter(frames), timeout=60))
+    assert [a.WhichOneof("result") for a in answers] == ["response", "error", "response"]
+    s = samples(scrape(metrics_url(daemon)))
+    assert value(s, "sodd_requests_total", **MODEL, method="DetectStream", code="OK") == 2
+    assert value(s, "sodd_requests_total", **MODEL, method="DetectStream", code="INVALID_ARGUMENT") == 1
+    assert value(s, "sodd_request_duration_seconds_count", **MODEL, method="DetectStream") == 3
+    assert value(s, "sodd_requests_in_flight", **MODEL) == 0
+    logged = [json.loads(line) for line in daemon.log().splitlines() if '"frame-' in line and "sodd.requests" in line]
+    assert sorted((e["request_id"], e["code"]) for e in logged) == [
+        ("frame-0", "OK"), ("frame-1", "INVALID_ARGUMENT"), ("frame-2", "OK")]
 
 
 def test_swaps_and_failed_versions(tiny_model_dirs: dict[str, Path], tmp_path: Path, visdrone_image: Path) -> None:

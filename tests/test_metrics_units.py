@@ -113,25 +113,34 @@ class _Slow(pb_grpc.DetectorServicer):
         return pb.DetectResponse()
 
 
-class _RefuseBatches(grpc.aio.ServerInterceptor):
-    """Refuses DetectBatch with a handler that never parses the request, as the token check does."""
+class _SlowStream(pb_grpc.DetectorServicer):
+    async def DetectStream(self, request_iterator, context):  # noqa: ANN001
+        async for request in request_iterator:
+            await asyncio.sleep(5)
+            yield pb.DetectStreamResponse(request_id=request.request_id)
+
+
+class _RefuseBatchesAndStreams(grpc.aio.ServerInterceptor):
+    """Refuses DetectBatch and DetectStream with handlers that never parse the request, as the
+    token check does."""
 
     async def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001
-        if not handler_call_details.method.endswith("/DetectBatch"):
-            return await continuation(handler_call_details)
-
-        async def refuse(request: bytes, context: grpc.aio.ServicerContext) -> None:
+        async def refuse(request: object, context: grpc.aio.ServicerContext) -> None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no bearer token")
 
-        return grpc.unary_unary_rpc_method_handler(refuse)
+        if handler_call_details.method.endswith("/DetectBatch"):
+            return grpc.unary_unary_rpc_method_handler(refuse)
+        if handler_call_details.method.endswith("/DetectStream"):
+            return grpc.stream_stream_rpc_method_handler(refuse)
+        return await continuation(handler_call_details)
 
 
 def test_refusals_and_deadlines_are_counted_with_their_code() -> None:
     metrics = Metrics()
 
-    async def scenario() -> tuple[grpc.StatusCode, grpc.StatusCode]:
+    async def scenario() -> tuple[grpc.StatusCode, ...]:
         server = grpc.aio.server(interceptors=[MetricsInterceptor(metrics, _NoModels()),  # type: ignore[arg-type]
-                                               _RefuseBatches()])
+                                               _RefuseBatchesAndStreams()])
         pb_grpc.add_DetectorServicer_to_server(_Slow(), server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
@@ -144,14 +153,46 @@ def test_refusals_and_deadlines_are_counted_with_their_code() -> None:
                     with pytest.raises(grpc.aio.AioRpcError) as err:
                         await call
                     codes.append(err.value.code())
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    async for _ in stub.DetectStream(iter([pb.DetectRequest()]), timeout=5):
+                        pass
+                codes.append(err.value.code())
             await asyncio.sleep(0.2)  # the server side of the expired call finishes
         finally:
             await server.stop(None)
-        return codes[0], codes[1]
+        return tuple(codes)
 
-    assert asyncio.run(scenario()) == (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.DEADLINE_EXCEEDED)
+    assert asyncio.run(scenario()) == (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                       grpc.StatusCode.UNAUTHENTICATED)
     get = metrics.registry.get_sample_value
     unknown = {"model": "unknown", "version": "unknown", "device": "unknown"}
     assert get("sodd_requests_total", {**unknown, "method": "DetectBatch", "code": "UNAUTHENTICATED"}) == 1
     assert get("sodd_requests_total", {**unknown, "method": "Detect", "code": "DEADLINE_EXCEEDED"}) == 1
+    assert get("sodd_requests_total", {**unknown, "method": "DetectStream", "code": "UNAUTHENTICATED"}) == 1
+    assert get("sodd_requests_in_flight", unknown) == 0
+
+
+def test_frames_of_a_cancelled_stream_count_as_cancelled() -> None:
+    metrics = Metrics()
+
+    async def scenario() -> None:
+        server = grpc.aio.server(interceptors=[MetricsInterceptor(metrics, _NoModels())])  # type: ignore[arg-type]
+        pb_grpc.add_DetectorServicer_to_server(_SlowStream(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = pb_grpc.DetectorStub(channel).DetectStream(iter([pb.DetectRequest(), pb.DetectRequest()]))
+                await asyncio.sleep(0.5)
+                assert metrics.registry.get_sample_value("sodd_requests_in_flight", unknown) == 1
+                call.cancel()
+            await asyncio.sleep(0.3)
+        finally:
+            await server.stop(None)
+
+    unknown = {"model": "unknown", "version": "unknown", "device": "unknown"}
+    asyncio.run(scenario())
+    get = metrics.registry.get_sample_value
+    # The first frame was taken and never answered; the second was never taken.
+    assert get("sodd_requests_total", {**unknown, "method": "DetectStream", "code": "CANCELLED"}) == 1
     assert get("sodd_requests_in_flight", unknown) == 0
