@@ -408,12 +408,23 @@ def to_image_rows(rows: np.ndarray, window: Window) -> np.ndarray:
     return rows[(rows[:, 4] > rows[:, 2]) & (rows[:, 5] > rows[:, 3]) & (rows[:, 0] > -1)]
 
 
-def detect_sliced(image_bgr: np.ndarray, options: SliceOptions, model_input_hw: tuple[int, int] | None,
-                  run_batch: RunBatch, threshold: Threshold | None = None) -> SlicedDetection:
-    """Detect on every window of the plan (plus the whole image when asked) and merge.
+def crops_for(image_bgr: np.ndarray, options: SliceOptions,
+              model_input_hw: tuple[int, int] | None) -> tuple[list[Window], list[np.ndarray]]:
+    """The windows to run (row by row, the whole image last when asked) and their crops.
 
-    `run_batch(crops)` gets all crops in one list (windows row by row, the whole image last) and
-    returns raw rows per crop in that crop's pixels; it decides how to batch them.
+    For callers that run the crops themselves, e.g. asynchronously; then `merge_crop_rows`.
+    """
+    height, width = image_bgr.shape[:2]
+    windows = plan_slices(width, height, options, model_input_hw)
+    whole: Window = (0, 0, width, height)
+    if options.full_image and whole not in windows:
+        windows.append(whole)
+    return windows, [np.ascontiguousarray(image_bgr[y1:y2, x1:x2]) for x1, y1, x2, y2 in windows]
+
+
+def merge_crop_rows(outputs: Sequence[np.ndarray], windows: Sequence[Window], options: SliceOptions,
+                    threshold: Threshold | None = None) -> np.ndarray:
+    """Each crop's raw rows (crop pixels) into image pixels, pre-filtered, merged: [M, 6] float32.
 
     `threshold` is the request's resolved threshold, applied to each crop's rows before merging,
     as SAHI applies its confidence threshold per slice: a box the user would not see must not
@@ -421,20 +432,27 @@ def detect_sliced(image_bgr: np.ndarray, options: SliceOptions, model_input_hw: 
     a lower-scored box never suppresses a higher one. Pass None to merge everything (e.g. for
     mAP); with NMM low-scoring boxes then grow the kept ones, which is why SAHI uses NMS there.
     """
-    height, width = image_bgr.shape[:2]
-    windows = plan_slices(width, height, options, model_input_hw)
-    whole: Window = (0, 0, width, height)
-    if options.full_image and whole not in windows:
-        windows.append(whole)
-    crops = [np.ascontiguousarray(image_bgr[y1:y2, x1:x2]) for x1, y1, x2, y2 in windows]
+    if len(outputs) != len(windows):
+        raise ValueError(f"{len(outputs)} results for {len(windows)} crops")
+    parts = [np.zeros((0, 6), dtype=np.float32)]
+    for rows, window in zip(outputs, windows, strict=True):
+        rows = to_image_rows(rows, window)
+        parts.append(rows if threshold is None else apply_threshold(rows, threshold))
+    return merge_rows(np.concatenate(parts), options)
+
+
+def detect_sliced(image_bgr: np.ndarray, options: SliceOptions, model_input_hw: tuple[int, int] | None,
+                  run_batch: RunBatch, threshold: Threshold | None = None) -> SlicedDetection:
+    """Detect on every window of the plan (plus the whole image when asked) and merge.
+
+    `run_batch(crops)` gets all crops in one list (windows row by row, the whole image last) and
+    returns raw rows per crop in that crop's pixels; it decides how to batch them. `threshold`
+    pre-filters each crop's rows (see `merge_crop_rows`); `sodd.model.postprocess.finish` with the
+    same threshold turns the result's rows into boxes.
+    """
+    windows, crops = crops_for(image_bgr, options, model_input_hw)
     outputs = list(run_batch(crops))
     if len(outputs) != len(crops):
         raise ValueError(f"run_batch returned {len(outputs)} results for {len(crops)} crops")
-    parts = []
-    for rows, window in zip(outputs, windows, strict=True):
-        rows = to_image_rows(rows, window)
-        if threshold is not None:
-            rows = apply_threshold(rows, threshold)
-        parts.append(rows)
-    rows = np.concatenate(parts) if parts else np.zeros((0, 6), dtype=np.float32)
-    return SlicedDetection(rows=merge_rows(rows, options), slices_run=len(crops), windows=tuple(windows))
+    return SlicedDetection(rows=merge_crop_rows(outputs, windows, options, threshold), slices_run=len(crops),
+                           windows=tuple(windows))
