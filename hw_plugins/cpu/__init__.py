@@ -15,12 +15,15 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from sodd.errors import InvalidArgument
 from sodd.modeldir import ModelDir
 from sodd.plugin import DeviceInfo
 
+PRECISIONS = ("fp32", "bf16")
+
 
 class PaddleCpuPredictor:
-    def __init__(self, model: ModelDir, threads: int, onednn: bool) -> None:
+    def __init__(self, model: ModelDir, threads: int, onednn: bool, precision: str = "fp32") -> None:
         from paddle import inference
 
         config = inference.Config(str(model.model_file), str(model.params_file))
@@ -28,6 +31,8 @@ class PaddleCpuPredictor:
         if onednn:
             config.enable_mkldnn()
             config.set_mkldnn_cache_capacity(10)
+            if precision == "bf16":
+                config.enable_mkldnn_bfloat16()  # oneDNN bf16 kernels; AMX where the CPU has it
         else:
             config.disable_mkldnn()
         config.set_cpu_math_library_num_threads(threads)
@@ -40,6 +45,7 @@ class PaddleCpuPredictor:
         self._input_names = tuple(self._predictor.get_input_names())
         self._output_names = tuple(self._predictor.get_output_names())
         self.onednn = onednn
+        self.precision = precision if onednn else "fp32"
         self.notes = ""
 
     @property
@@ -98,11 +104,17 @@ class CpuPlugin:
     def load(self, model: ModelDir, device: str, options: Mapping[str, str]) -> PaddleCpuPredictor:
         threads = int(options.get("threads") or os.cpu_count() or 1)
         onednn = options.get("onednn", "on") != "off"
+        precision = options.get("precision", "fp32")
+        if precision not in PRECISIONS or (precision == "bf16" and not onednn):
+            raise InvalidArgument(f"device {device}: precision must be one of {list(PRECISIONS)} "
+                                  f"(bf16 needs onednn=on), got {precision!r}")
         if not onednn:
             return PaddleCpuPredictor(model, threads, onednn=False)
         try:
-            predictor = PaddleCpuPredictor(model, threads, onednn=True)
+            predictor = PaddleCpuPredictor(model, threads, onednn=True, precision=precision)
             predictor.run(smoke_inputs(model, predictor.input_names))
+            if precision == "bf16":
+                predictor.notes = "Paddle Inference with oneDNN bf16 kernels"
             return predictor
         except Exception as exc:  # noqa: BLE001 - any oneDNN failure falls back to plain kernels
             predictor = PaddleCpuPredictor(model, threads, onednn=False)
