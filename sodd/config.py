@@ -56,6 +56,10 @@ class ServeConfig:
     # Frames one DetectStream may have inside the daemon at once; the stream is not read further
     # until one is answered, so gRPC flow control pushes back on a camera that sends too fast.
     max_stream_frames: int = 4
+    # DetectStream calls open at once; one more is refused with RESOURCE_EXHAUSTED.
+    max_streams: int = 16
+    # Images one DetectBatch may carry; checked before anything is decoded.
+    max_request_images: int = 64
     # Threads for decoding and preprocessing (they release the GIL inside OpenCV).
     preprocess_workers: int = 2
     # Threads each CPU predictor may use; None lets the plugin choose (all cores).
@@ -102,8 +106,8 @@ class ServeConfig:
             raise ValueError("max_message_bytes must be at least 1024")
         if self.settle_seconds < 0 or self.debounce_seconds <= 0:
             raise ValueError("settle_seconds must be >= 0 and debounce_seconds > 0")
-        if self.max_stream_frames < 1:
-            raise ValueError("max_stream_frames must be at least 1")
+        if self.max_stream_frames < 1 or self.max_streams < 1 or self.max_request_images < 1:
+            raise ValueError("max_stream_frames, max_streams and max_request_images must be at least 1")
         if self.max_pending < 1 or self.preprocess_workers < 1:
             raise ValueError("max_pending and preprocess_workers must be at least 1")
         host_port = self.metrics_listen.rpartition(":")

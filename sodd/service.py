@@ -123,6 +123,7 @@ class DetectorService(pb_grpc.DetectorServicer):
         self._config = config
         self._registry = registry
         self._manager = manager
+        self._open_streams = 0
         self._workers = ThreadPoolExecutor(config.preprocess_workers, thread_name_prefix="prep")
 
     async def _in_worker(self, fn: Callable[..., T], *args: object) -> tuple[T, float]:
@@ -202,6 +203,18 @@ class DetectorService(pb_grpc.DetectorServicer):
     async def DetectStream(self, request_iterator: AsyncIterator[pb.DetectRequest],
                            context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DetectStreamResponse]:
         """Frames run concurrently, answers go out in order; at most max_stream_frames are held."""
+        if self._open_streams >= self._config.max_streams:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{self._open_streams} streams are open, the limit is {self._config.max_streams}")
+        self._open_streams += 1
+        try:
+            async for answer in self._stream(request_iterator, context):
+                yield answer
+        finally:
+            self._open_streams -= 1
+
+    async def _stream(self, request_iterator: AsyncIterator[pb.DetectRequest],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DetectStreamResponse]:
         room = asyncio.Semaphore(self._config.max_stream_frames)
         in_order: asyncio.Queue[asyncio.Task | None] = asyncio.Queue()
         deadline = deadline_of(context)
@@ -241,6 +254,9 @@ class DetectorService(pb_grpc.DetectorServicer):
                 threshold = self._resolve(served, request)
                 if not request.images:
                     raise InvalidArgument("images is empty: send at least one image")
+                if len(request.images) > self._config.max_request_images:
+                    raise InvalidArgument(f"images holds {len(request.images)} images; the limit is "
+                                          f"{self._config.max_request_images} per DetectBatch")
                 fields = [f"images[{i}]" for i in range(len(request.images))]
                 results = await self._detect_images(served, request.images, fields, threshold,
                                                     request.max_detections, request_id, deadline_of(context))

@@ -179,6 +179,7 @@ def test_detect_stream_holds_at_most_the_configured_frames(tiny_model_dirs, fram
     config = ServeConfig(models=(ModelConfig("m", tiny_model_dirs["both"]),), max_stream_frames=2)
     service = DetectorService.__new__(DetectorService)
     service._config = config
+    service._open_streams = 0
     in_daemon = {"now": 0, "max": 0}
 
     async def fake_frame(request: pb.DetectRequest, deadline: float | None) -> pb.DetectStreamResponse:
