@@ -46,6 +46,7 @@ def test_bench_against_a_started_daemon(tiny_model_dirs: dict[str, Path], bench_
     doc.write_text("# Benchmarks\n\n## GPU notes\n\nkept as written\n")
     out = tmp_path / "run.json"
     result = run_bench(["--model-dir", str(tiny_model_dirs["both"]), "--image", str(bench_image), "--start",
+                        "--variant", "defaults=", "--variant", "one-by-one=--max-batch-size 1",
                         "--concurrency", "1,3", "--sizes", "160x90,96x64", "--requests", "5", "--warmup", "1",
                         "--plain-setups", "1x1,2x1,1x1b2", "--no-paddlex-predict", "--no-paddlex-serving",
                         "--name", "tiny", "--doc", str(doc), "--json", str(out)])
@@ -53,7 +54,9 @@ def test_bench_against_a_started_daemon(tiny_model_dirs: dict[str, Path], bench_
     report = json.loads(out.read_text())
 
     sodd = by_system(report, "sodd")
-    assert {(m["size"], m["concurrency"]) for m in sodd} == {(s, c) for s in ("160x90", "96x64") for c in (1, 3)}
+    assert sorted((m["setup"], m["size"], m["concurrency"]) for m in sodd) == sorted(
+        (v, s, c) for v in ("defaults", "one-by-one") for s in ("160x90", "96x64") for c in (1, 3))
+    assert report["settings"]["variants"] == {"defaults": [], "one-by-one": ["--max-batch-size", "1"]}
     for m in sodd:
         assert m["requests"] == 5 and m["ok"] == 5 and m["lost"] == 0 and m["errors"] == {}
         assert m["throughput"] > 0 and 0 < m["p50"] <= m["p90"] <= m["p99"]
@@ -65,15 +68,16 @@ def test_bench_against_a_started_daemon(tiny_model_dirs: dict[str, Path], bench_
     assert report["machine"]["cores"] >= 1 and report["machine"]["paddle"]
     assert report["model"]["model_name"] == "PP-YOLOE_plus_SOD-S"
 
-    by_name = {(t["size"], t["name"]): t for t in report["targets"]}
-    latency = by_name[("160x90", "1 client: sodd p50 / plain per-image time")]
+    by_name = {(t["size"], t["variant"], t["name"]): t for t in report["targets"]}
+    assert len(by_name) == 2 * 2 * 4
+    latency = by_name[("160x90", "one-by-one", "1 client: sodd p50 / plain per-image time")]
     assert latency["measured"] > 0 and latency["reached"] in (True, False)
-    assert by_name[("160x90", "8 clients: sodd / PaddleX serving images/s")]["reached"] is None
-    assert by_name[("96x64", "sodd lost requests (all concurrencies)")]["reached"] is True
+    assert by_name[("160x90", "defaults", "8 clients: sodd / PaddleX serving images/s")]["reached"] is None
+    assert by_name[("96x64", "defaults", "sodd lost requests (all concurrencies)")]["reached"] is True
 
     text = doc.read_text()
     assert text.startswith("# Benchmarks\n\n## GPU notes\n\nkept as written\n")
-    assert text.count("<!-- sodd-bench:tiny begin") == 1 and "| 96x64 | 3 |" in text
+    assert text.count("<!-- sodd-bench:tiny begin") == 1 and "| 96x64 | one-by-one | 3 |" in text
     assert (doc.parent / "img" / "bench-tiny.png").stat().st_size > 0
     assert "![tiny: throughput and latency against concurrency](img/bench-tiny.png)" in text
 
@@ -108,7 +112,9 @@ def test_bench_reports_a_missing_paddlex_environment(tiny_model_dirs: dict[str, 
 def test_bench_refuses_bad_options(tiny_model_dirs: dict[str, Path], bench_image: Path, tmp_path: Path) -> None:
     base = ["--model-dir", str(tiny_model_dirs["both"]), "--image", str(bench_image)]
     for extra, message in ((["--sizes", "640by360"], "WIDTHxHEIGHT"), (["--plain-setups", "2y1"], "PREDICTORS"),
-                           (["--requests", "0"], "--requests")):
+                           (["--requests", "0"], "--requests"), (["--variant", "no-equals"], "NAME=ARGS"),
+                           (["--variant", "a=", "--variant", "a=--threads 1"], "twice"),
+                           (["--address", "127.0.0.1:1", "--variant", "a="], "--address")):
         result = run_bench(base + extra)
         assert result.returncode == 2 and message in result.stderr, result.stderr
     result = run_bench(["--model-dir", str(tmp_path), "--image", str(bench_image)])

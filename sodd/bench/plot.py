@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from sodd.bench.report import best_plain_throughput
+from sodd.bench.report import best_plain_throughput, variants
 from sodd.bench.stats import Measurement
 
 COLORS = {"sodd": "tab:blue", "paddlex-serving": "tab:orange", "plain": "tab:green"}
+VARIANT_COLORS = ("tab:blue", "tab:purple", "tab:cyan", "tab:red", "tab:brown")  # named daemon configurations
 STYLES = ("-", "--", "-.", ":")
 MARKERS = ("o", "s", "^", "D", "v")
 
@@ -26,16 +27,18 @@ def plot(ms: Sequence[Measurement], title: str, path: Path) -> None:
     for i, size in enumerate(sizes):
         suffix = f" {size}" if len(sizes) > 1 else ""
         style, marker = STYLES[i % len(STYLES)], MARKERS[i % len(MARKERS)]
-        for system in ("sodd", "paddlex-serving"):
-            points = sorted((m for m in ms if m.system == system and m.size == size), key=lambda m: m.concurrency)
+        series = [("sodd", v) for v in variants(ms)] + [("paddlex-serving", "")]
+        for system, setup in series:
+            points = sorted((m for m in ms if m.system == system and m.size == size and m.setup == setup),
+                            key=lambda m: m.concurrency)
             if not points:
                 continue
             xs = [m.concurrency for m in points]
             p50 = [m.percentile(50) * 1000 for m in points]
-            color = COLORS[system]
-            ax_thr.plot(xs, [m.throughput for m in points], linestyle=style, marker=marker, color=color,
-                        label=system + suffix)
-            ax_lat.plot(xs, p50, linestyle=style, marker=marker, color=color, label=f"{system}{suffix} p50")
+            color = COLORS[system] if not setup else VARIANT_COLORS[variants(ms).index(setup) % len(VARIANT_COLORS)]
+            label = (f"sodd {setup}" if setup else system) + suffix
+            ax_thr.plot(xs, [m.throughput for m in points], linestyle=style, marker=marker, color=color, label=label)
+            ax_lat.plot(xs, p50, linestyle=style, marker=marker, color=color, label=f"{label} p50")
             ax_lat.fill_between(xs, p50, [m.percentile(99) * 1000 for m in points], color=color, alpha=0.1)
         best = best_plain_throughput(ms, size)
         if best is not None:

@@ -24,6 +24,7 @@ TARGET_CLIENTS = 8
 @dataclass(frozen=True)
 class Target:
     size: str
+    variant: str  # the daemon configuration ("" when the run had one)
     name: str
     measured: float | None  # None when a needed number was not measured
     limit: str
@@ -31,9 +32,14 @@ class Target:
     basis: str
 
 
-def _find(ms: Sequence[Measurement], system: str, size: str, concurrency: int | None = None) -> list[Measurement]:
+def _find(ms: Sequence[Measurement], system: str, size: str, concurrency: int | None = None,
+          setup: str | None = None) -> list[Measurement]:
     return [m for m in ms if m.system == system and m.size == size
-            and (concurrency is None or m.concurrency == concurrency)]
+            and (concurrency is None or m.concurrency == concurrency) and (setup is None or m.setup == setup)]
+
+
+def variants(ms: Sequence[Measurement]) -> list[str]:
+    return list(dict.fromkeys(m.setup for m in ms if m.system == "sodd"))
 
 
 def best_plain_latency(ms: Sequence[Measurement], size: str) -> Measurement | None:
@@ -49,27 +55,33 @@ def best_plain_throughput(ms: Sequence[Measurement], size: str) -> Measurement |
 def targets(ms: Sequence[Measurement]) -> list[Target]:
     out: list[Target] = []
     for size in dict.fromkeys(m.size for m in ms if m.system == "sodd"):
-        one = next(iter(_find(ms, "sodd", size, 1)), None)
-        plain_lat = best_plain_latency(ms, size)
-        ratio = one.percentile(50) / plain_lat.percentile(50) if one and one.ok and plain_lat else None
-        out.append(Target(size, "1 client: sodd p50 / plain per-image time", ratio, f"<= {LATENCY_RATIO_MAX:g}",
-                          None if ratio is None else ratio <= LATENCY_RATIO_MAX,
-                          f"plain {plain_lat.setup} p50" if plain_lat else "plain loop not measured"))
-        eight = next(iter(_find(ms, "sodd", size, TARGET_CLIENTS)), None)
-        served = next(iter(_find(ms, "paddlex-serving", size, TARGET_CLIENTS)), None)
-        ratio = eight.throughput / served.throughput if eight and served and served.throughput else None
-        out.append(Target(size, f"{TARGET_CLIENTS} clients: sodd / PaddleX serving images/s", ratio,
-                          f">= {SERVING_RATIO_MIN:g}", None if ratio is None else ratio >= SERVING_RATIO_MIN,
-                          "same concurrency" if served else "PaddleX serving not measured"))
-        plain_thr = best_plain_throughput(ms, size)
-        ratio = eight.throughput / plain_thr.throughput if eight and plain_thr and plain_thr.throughput else None
-        out.append(Target(size, f"{TARGET_CLIENTS} clients: sodd / best plain images/s", ratio,
-                          f">= {PLAIN_RATIO_MIN:g}", None if ratio is None else ratio >= PLAIN_RATIO_MIN,
-                          f"plain {plain_thr.setup}" if plain_thr else "plain loop not measured"))
-        lost = sum(m.lost for m in _find(ms, "sodd", size))
-        total = sum(m.requests for m in _find(ms, "sodd", size))
-        out.append(Target(size, "sodd lost requests (all concurrencies)", float(lost), "= 0", lost == 0,
-                          f"of {total} sent"))
+        for v in variants(ms):
+            out.extend(_targets(ms, size, v))
+    return out
+
+
+def _targets(ms: Sequence[Measurement], size: str, v: str) -> list[Target]:
+    one = next(iter(_find(ms, "sodd", size, 1, v)), None)
+    plain_lat = best_plain_latency(ms, size)
+    ratio = one.percentile(50) / plain_lat.percentile(50) if one and one.ok and plain_lat else None
+    out = [Target(size, v, "1 client: sodd p50 / plain per-image time", ratio, f"<= {LATENCY_RATIO_MAX:g}",
+                  None if ratio is None else ratio <= LATENCY_RATIO_MAX,
+                  f"plain {plain_lat.setup} p50" if plain_lat else "plain loop not measured")]
+    eight = next(iter(_find(ms, "sodd", size, TARGET_CLIENTS, v)), None)
+    served = next(iter(_find(ms, "paddlex-serving", size, TARGET_CLIENTS)), None)
+    ratio = eight.throughput / served.throughput if eight and served and served.throughput else None
+    out.append(Target(size, v, f"{TARGET_CLIENTS} clients: sodd / PaddleX serving images/s", ratio,
+                      f">= {SERVING_RATIO_MIN:g}", None if ratio is None else ratio >= SERVING_RATIO_MIN,
+                      "same concurrency" if served else "PaddleX serving not measured"))
+    plain_thr = best_plain_throughput(ms, size)
+    ratio = eight.throughput / plain_thr.throughput if eight and plain_thr and plain_thr.throughput else None
+    out.append(Target(size, v, f"{TARGET_CLIENTS} clients: sodd / best plain images/s", ratio,
+                      f">= {PLAIN_RATIO_MIN:g}", None if ratio is None else ratio >= PLAIN_RATIO_MIN,
+                      f"plain {plain_thr.setup}" if plain_thr else "plain loop not measured"))
+    lost = sum(m.lost for m in _find(ms, "sodd", size, setup=v))
+    total = sum(m.requests for m in _find(ms, "sodd", size, setup=v))
+    out.append(Target(size, v, "sodd lost requests (all concurrencies)", float(lost), "= 0", lost == 0,
+                      f"of {total} sent"))
     return out
 
 
@@ -115,25 +127,27 @@ def markdown(name: str, report: dict, ms: Sequence[Measurement], plot: str | Non
              "- Images: " + "; ".join(f"{label}: {info}" for label, info in report["images"].items()),
              f"- {settings['requests']} measured requests per row after {settings['warmup']} (at least one per "
              f"client) unmeasured; latency is client send to client receive (per loop iteration for loops)"]
-    if settings.get("serve_args"):
-        lines.append(f"- Daemon flags: `{' '.join(settings['serve_args'])}`")
+    for variant, args in settings.get("variants", {}).items():
+        lines.append(f"- Daemon {variant}: `sodd serve {' '.join(args) or '(defaults)'}`")
     for system, why in report["skipped"].items():
         lines.append(f"- {system}: not measured ({why})")
-    lines += ["", "| image | target | measured | limit | reached | basis |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "| image | daemon | target | measured | limit | reached | basis |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     for t in targets(ms):
-        lines.append(f"| {t.size} | {t.name} | {_ratio(t.measured) if 'lost' not in t.name else int(t.measured)} | "
+        measured = _ratio(t.measured) if "lost" not in t.name else str(int(t.measured or 0))
+        lines.append(f"| {t.size} | {t.variant or 'sodd'} | {t.name} | {measured} | "
                      f"{t.limit} | {_yes(t.reached)} | {t.basis} |")
-    lines += ["", "| image | clients | sodd images/s | sodd p50 / p90 / p99 ms | PaddleX serving images/s | "
+    lines += ["", "| image | daemon | clients | sodd images/s | sodd p50 / p90 / p99 ms | PaddleX serving images/s | "
               "PaddleX serving p50 / p90 / p99 ms | sodd / PaddleX serving | sodd / best plain | sodd lost |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for size in dict.fromkeys(m.size for m in ms):
         plain_thr = best_plain_throughput(ms, size)
-        for s in sorted(_find(ms, "sodd", size), key=lambda m: m.concurrency):
+        for s in sorted(_find(ms, "sodd", size), key=lambda m: (variants(ms).index(m.setup), m.concurrency)):
             p = next(iter(_find(ms, "paddlex-serving", size, s.concurrency)), None)
             vs_p = s.throughput / p.throughput if p and p.throughput else None
             vs_plain = s.throughput / plain_thr.throughput if plain_thr and plain_thr.throughput else None
             lines.append(
-                f"| {size} | {s.concurrency} | {s.throughput:.2f} | {_ms(s.percentile(50))} / "
+                f"| {size} | {s.setup or 'sodd'} | {s.concurrency} | {s.throughput:.2f} | {_ms(s.percentile(50))} / "
                 f"{_ms(s.percentile(90))} / {_ms(s.percentile(99))} | {f'{p.throughput:.2f}' if p else '-'} | "
                 + (f"{_ms(p.percentile(50))} / {_ms(p.percentile(90))} / {_ms(p.percentile(99))}" if p else "-")
                 + f" | {_ratio(vs_p)} | {_ratio(vs_plain)} | {_errors(s)} |")

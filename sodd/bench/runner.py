@@ -35,7 +35,9 @@ class Plan:
     workdir: Path
     address: str | None = None  # a running daemon; None starts one
     model: str = ""  # the model's name on that daemon
-    serve_args: Sequence[str] = ()
+    # Daemon configurations to start in turn, (name, `sodd serve` arguments); the name becomes the
+    # sodd rows' set-up ("" for a single unnamed one). Ignored with `address`.
+    variants: Sequence[tuple[str, Sequence[str]]] = (("", ()),)
     plain_setups: Sequence[PlainSetup] = ()
     paddlex_python: Path | None = None
     paddlex_predict: bool = True
@@ -91,17 +93,13 @@ def run(plan: Plan, progress: Callable[[Measurement], None] = lambda m: None) ->
         for m in predicted.measurements:
             record(m)
 
-    with contextlib.ExitStack() as stack:
-        address, name = plan.address, plan.model
-        if address is None:
-            daemon = stack.enter_context(BenchDaemon(plan.model_dir, plan.workdir / "sodd-serve.log", plan.serve_args))
-            address, name = daemon.address, MODEL_NAME
-        for images in plan.image_sets:
-            for c in plan.concurrency:
-                result = asyncio.run(run_load(address, images.encoded, c, plan.requests, model=name,
-                                              warmup=max(plan.warmup, c), timeout=plan.timeout))
-                record(Measurement("sodd", "", images.label, c, plan.requests, result.ok, result.seconds,
-                                   result.latencies, result.errors))
+    if plan.address is not None:
+        _load_sodd(plan, plan.address, plan.model, "", record)
+    else:
+        for variant, serve_args in plan.variants:
+            log_path = plan.workdir / f"sodd-serve{'-' + variant if variant else ''}.log"
+            with BenchDaemon(plan.model_dir, log_path, serve_args) as daemon:
+                _load_sodd(plan, daemon.address, MODEL_NAME, variant, record)
 
     if python is not None and plan.paddlex_serving:
         with pdx.PaddlexServer(python, model, plan.threads, plan.workdir) as server:
@@ -110,3 +108,12 @@ def run(plan: Plan, progress: Callable[[Measurement], None] = lambda m: None) ->
                     record(http_load.measure(server.url, images.encoded, images.label, c, plan.requests,
                                              max(plan.warmup, c), plan.timeout))
     return outcome
+
+
+def _load_sodd(plan: Plan, address: str, model: str, variant: str, record: Callable[[Measurement], None]) -> None:
+    for images in plan.image_sets:
+        for c in plan.concurrency:
+            result = asyncio.run(run_load(address, images.encoded, c, plan.requests, model=model,
+                                          warmup=max(plan.warmup, c), timeout=plan.timeout))
+            record(Measurement("sodd", variant, images.label, c, plan.requests, result.ok, result.seconds,
+                               result.latencies, result.errors))

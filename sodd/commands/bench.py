@@ -38,6 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="", help="the model's name on --address (default: its default model)")
     p.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
                    help="extra `sodd serve` argument for --start, e.g. --serve-arg=--max-batch-size=4 (repeatable)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
+                   help="instead of one started daemon, start one per variant in turn with these `sodd serve` "
+                        "arguments (after --serve-arg), e.g. --variant 'i2t1=--instances 2 --threads 1' "
+                        "(repeatable; NAME= alone runs the defaults)")
     p.add_argument("--concurrency", type=_ints, default=[1, 8], help="client counts, e.g. 1,2,4,8,16 (default 1,8)")
     p.add_argument("--sizes", default="", help="resize the images to each WxH, e.g. 640x360,1920x1080,3840x2160 "
                                                "(default: send them as they are)")
@@ -71,6 +75,20 @@ def _setups(text: str, cores: int) -> list:
     return [PlainSetup.parse(part) for part in text.split(",") if part.strip()]
 
 
+def _variants(texts: list[str], common: list[str]) -> list[tuple[str, list[str]]]:
+    if not texts:
+        return [("", list(common))]
+    out: list[tuple[str, list[str]]] = []
+    for text in texts:
+        name, sep, rest = text.partition("=")
+        if not sep or not name.strip() or any(c in name for c in " |`"):
+            raise ValueError(f"--variant {text!r} is not NAME=ARGS with a short NAME")
+        if name in (n for n, _ in out):
+            raise ValueError(f"--variant name {name!r} is given twice")
+        out.append((name.strip(), [*common, *shlex.split(rest)]))
+    return out
+
+
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-") or "bench"
 
@@ -87,6 +105,14 @@ def run(args: argparse.Namespace) -> int:
         sizes = [image_sets.parse_size(s) for s in args.sizes.split(",") if s.strip()]
     except (ModelDirError, ValueError) as exc:
         print(f"sodd bench: {exc}", file=sys.stderr)
+        return 2
+    try:
+        variants = _variants(args.variant, args.serve_arg)
+    except ValueError as exc:
+        print(f"sodd bench: {exc}", file=sys.stderr)
+        return 2
+    if args.address and args.variant:
+        print("sodd bench: --variant starts daemons; it cannot be combined with --address", file=sys.stderr)
         return 2
     if args.requests < 1 or args.warmup < 0:
         print("sodd bench: --requests must be positive and --warmup not negative", file=sys.stderr)
@@ -108,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         plan = runner.Plan(
             model_dir=args.model_dir.resolve(), image_sets=sets, concurrency=args.concurrency,
             requests=args.requests, warmup=args.warmup, workdir=workdir, address=args.address, model=args.model,
-            serve_args=args.serve_arg, plain_setups=setups, paddlex_python=args.paddlex_python,
+            variants=variants, plain_setups=setups, paddlex_python=args.paddlex_python,
             paddlex_predict=not args.no_paddlex_predict, paddlex_serving=not args.no_paddlex_serving,
             threads=args.threads or cores, timeout=args.timeout)
         try:
@@ -120,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     input_hw = model.input_size
     settings = {"command": "sodd bench " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
                 "requests": args.requests, "warmup": args.warmup, "concurrency": args.concurrency,
-                "serve_args": args.serve_arg, "plain_setups": [s.name for s in setups],
+                "variants": {n or "sodd": list(a) for n, a in variants}, "plain_setups": [s.name for s in setups],
                 "address": args.address or "started by sodd bench"}
     model_facts = {"model_name": model.model_name, "dir": str(args.model_dir),
                    "input": f"{input_hw[1]}x{input_hw[0]}" if input_hw else "its own size",
