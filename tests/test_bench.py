@@ -20,7 +20,7 @@ from sodd_client.bench import percentile
 from sodd.bench.plain import PlainSetup
 from sodd.bench.report import targets, write_section
 from sodd.bench.stats import Measurement
-from tests.conftest import REPO, paddlex_python
+from tests.conftest import REPO, Daemon, paddlex_python
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +159,13 @@ def test_write_section_replaces_only_its_own(tmp_path: Path) -> None:
     text = doc.read_text()
     assert "first a" not in text and text.count("second a") == 1 and "only b" in text
     assert text.index("second a") < text.index("only b") < text.index("## Notes by hand")
+
+
+def test_client_load_generator_on_its_own(tiny_daemon: Daemon, bench_image: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "sodd_client.bench", "--server", tiny_daemon.address,
+                             "--model", "tiny", "--concurrency", "2", "--requests", "6", "--warmup", "2",
+                             str(bench_image)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["ok"] == 6 and summary["lost"] == 0 and summary["errors"] == {}
+    assert 0 < summary["p50"] <= summary["p99"] and summary["throughput"] > 0
