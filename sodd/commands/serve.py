@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -166,6 +167,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"sodd serve: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2
     setup_logging(args.log_level, config.log_format)
+    # `import paddle`, which plugins do lazily, lowers the root logger to WARNING: pin our own loggers.
+    for name in ("sodd", "hw_plugins"):
+        logging.getLogger(name).setLevel(args.log_level.upper())
     from sodd.server import serve
 
     try:
