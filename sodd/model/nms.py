@@ -20,8 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_MATRIX_LIMIT = 4096  # candidates per class up to which the whole overlap matrix is built
-_ROWS = 512  # matrix rows computed at once, to bound temporaries
+# Boxes walked per block (one block-by-block overlap matrix at a time), growing: most images reach
+# keep_top_k within the first few hundred candidates.
+_FIRST_BLOCK = 64
+_MAX_BLOCK = 512
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ def _overlap_matrix(a: np.ndarray, a_areas: np.ndarray, b: np.ndarray, b_areas: 
 
 
 def _nms_one_class(boxes: np.ndarray, areas: np.ndarray, scores: np.ndarray, p: NmsParams) -> np.ndarray:
-    """Indices kept for one class, in the order NMS kept them."""
+    """Indices kept for one class, in the order NMS kept them (the adaptive-threshold path)."""
     candidates = np.flatnonzero(scores > np.float32(p.score_threshold))
     if candidates.size == 0:
         return candidates
@@ -84,23 +86,6 @@ def _nms_one_class(boxes: np.ndarray, areas: np.ndarray, scores: np.ndarray, p: 
     if p.nms_top_k > -1:
         order = order[:p.nms_top_k]
     threshold = np.float32(p.nms_threshold)
-    if p.nms_eta >= 1 and order.size <= _MATRIX_LIMIT:
-        # A fixed threshold: one overlap matrix, then a greedy scan over booleans.
-        picked = boxes[order]
-        picked_areas = areas[order]
-        suppress = np.empty((order.size, order.size), dtype=bool)
-        for start in range(0, order.size, _ROWS):
-            rows = slice(start, start + _ROWS)
-            iou = _overlap_matrix(picked[rows], picked_areas[rows], picked, picked_areas, p.normalized)
-            suppress[rows] = ~(iou <= threshold)  # NaN (degenerate boxes) suppresses, as in the kernel
-        removed = np.zeros(order.size, dtype=bool)
-        kept = []
-        for i in range(order.size):
-            if removed[i]:
-                continue
-            kept.append(i)
-            removed[i + 1:] |= suppress[i, i + 1:]
-        return order[np.array(kept, dtype=np.int64)]
     kept_list: list[int] = []
     eta = np.float32(p.nms_eta)
     for i in order:
@@ -116,6 +101,60 @@ def _nms_one_class(boxes: np.ndarray, areas: np.ndarray, scores: np.ndarray, p: 
 
 
 def _nms_one_image(boxes: np.ndarray, scores: np.ndarray, p: NmsParams) -> np.ndarray:
+    if p.nms_eta < 1:
+        return _nms_one_image_adaptive(boxes, scores, p)
+    areas = _areas(boxes, p.normalized)
+    # Candidates of every class, each class cut to its best nms_top_k (stable: ties by index).
+    mask = scores > np.float32(p.score_threshold)
+    if 0 <= p.background_label < scores.shape[0]:
+        mask[p.background_label] = False
+    cls, idx = np.nonzero(mask)
+    if cls.size == 0:
+        return np.zeros((0, 6), dtype=np.float32)
+    score = scores[cls, idx]
+    by_class = np.lexsort((idx, -score, cls))
+    cls, idx, score = cls[by_class], idx[by_class], score[by_class]
+    counts = np.bincount(cls, minlength=scores.shape[0])
+    rank = np.arange(cls.size) - (np.cumsum(counts) - counts)[cls]
+    if p.nms_top_k > -1:
+        top = rank < p.nms_top_k
+        cls, idx, score, rank = cls[top], idx[top], score[top], rank[top]
+    # Greedy NMS of each class only looks at that class's better boxes, so all classes can be walked
+    # together in the order keep_top_k ranks survivors (score, then class, then NMS order): the first
+    # keep_top_k kept are the answer, and the walk stops there.
+    order = np.lexsort((rank, cls, -score))
+    cls, idx = cls[order], idx[order]
+    limit = p.keep_top_k if p.keep_top_k > -1 else cls.size
+    threshold = np.float32(p.nms_threshold)
+    kept: list[int] = []  # positions in the walk
+    start, block = 0, _FIRST_BLOCK
+    while start < cls.size:
+        stop = min(start + block, cls.size)
+        c_chunk, b_chunk, a_chunk = cls[start:stop], boxes[idx[start:stop]], areas[idx[start:stop]]
+        removed = np.zeros(stop - start, dtype=bool)
+        if kept:
+            k = np.array(kept)
+            iou = _overlap_matrix(b_chunk, a_chunk, boxes[idx[k]], areas[idx[k]], p.normalized)
+            removed |= (~(iou <= threshold) & (c_chunk[:, None] == cls[k][None, :])).any(axis=1)
+        suppress = ~(_overlap_matrix(b_chunk, a_chunk, b_chunk, a_chunk, p.normalized) <= threshold)
+        suppress &= c_chunk[:, None] == c_chunk[None, :]  # NaN (degenerate boxes) suppresses, as in the kernel
+        for i in range(stop - start):
+            if removed[i]:
+                continue
+            kept.append(start + i)
+            if len(kept) == limit:
+                break
+            removed[i + 1:] |= suppress[i, i + 1:]
+        if len(kept) == limit:
+            break
+        start, block = stop, min(2 * block, _MAX_BLOCK)
+    k = np.array(kept)
+    k = k[np.argsort(cls[k], kind="stable")]  # classes ascending, each in NMS order
+    return np.column_stack([cls[k].astype(np.float32), scores[cls[k], idx[k]], boxes[idx[k]]]).astype(np.float32)
+
+
+def _nms_one_image_adaptive(boxes: np.ndarray, scores: np.ndarray, p: NmsParams) -> np.ndarray:
+    """The kernel's plain loops, for nms_eta < 1 where the threshold moves after each kept box."""
     areas = _areas(boxes, p.normalized)
     per_class: list[tuple[int, np.ndarray]] = []
     for c in range(scores.shape[0]):
