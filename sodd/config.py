@@ -30,6 +30,9 @@ class ModelConfig:
     instances: int = 1
     # Which complete versions of the model's directory to serve.
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    # Measure the CPU backends at load and serve the fastest whose boxes agree with Paddle fp32
+    # (sodd.high_performance); the device list is then not used.
+    high_performance: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name in (".", ".."):

@@ -28,12 +28,15 @@ from sodd.config import ModelConfig
 from sodd.devices import DeviceSpec
 from sodd.engine import ModelRunner
 from sodd.errors import FailedPrecondition, ModelDirError, NotFound
+from sodd.high_performance import select_backend
 from sodd.model.postprocess import DEFAULT_THRESHOLD
 from sodd.modeldir import ModelDir, read_model_dir
 from sodd.plugin import HardwarePlugin, PluginProblem, Predictor
 
 log = logging.getLogger(__name__)
 WARMUP_RUNS = 2
+# Device types whose plugins run on the host CPU and so take `sodd serve --threads`.
+CPU_DEVICE_TYPES = ("cpu", "openvino", "onnxruntime")
 
 
 class ModelState(enum.Enum):
@@ -152,7 +155,7 @@ class ModelRegistry:
         if not info.available:
             raise FailedPrecondition(f"device {device.name} is unavailable: {info.reason}")
         options = dict(device.options)
-        if device.type == "cpu" and self._cpu_threads and "threads" not in options:
+        if device.type in CPU_DEVICE_TYPES and self._cpu_threads and "threads" not in options:
             options["threads"] = str(self._cpu_threads)
         return plugin.load(model_dir, device.name, options)
 
@@ -203,6 +206,8 @@ class ModelRegistry:
 
     def _load(self, config: ModelConfig, version: int, path: Path, fingerprint: tuple) -> ServedModel:
         model_dir = read_model_dir(path)
+        if config.high_performance:
+            return self._load_high_performance(config, version, model_dir, fingerprint)
         failures = []
         for device in config.devices:
             try:
@@ -225,6 +230,25 @@ class ModelRegistry:
                 raise
             return served
         raise FailedPrecondition(f"model {config.name} could not be loaded on any device: " + "; ".join(failures))
+
+    def _load_high_performance(self, config: ModelConfig, version: int, model_dir: ModelDir,
+                               fingerprint: tuple) -> ServedModel:
+        """The fastest CPU backend whose boxes agree with Paddle fp32; its label names the device."""
+        selection = select_backend(model_dir, lambda spec: self._load_on(model_dir, spec), name=config.name)
+        predictor = selection.predictor
+        served = ServedModel(
+            config=config, version=version, model_dir=model_dir, device=selection.device_label,
+            runner=ModelRunner(self._instances(predictor, config), self._max_pending, config.name,
+                               config.max_batch_size, config.max_queue_delay_seconds),
+            notes="; ".join([selection.summary()] + ([predictor.notes] if predictor.notes else [])),
+            fingerprint=fingerprint,
+        )
+        try:
+            warm_up(served)
+        except Exception:
+            served.runner.close()
+            raise
+        return served
 
     @staticmethod
     def _instances(predictor: Predictor, config: ModelConfig) -> list[Predictor]:

@@ -44,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", action="append", default=[], metavar="NAME=DEVICES",
                    help="device list for a model, e.g. default=cpu or det=npu:0,cpu (default: cpu); "
                         "NAME * applies to repository models")
+    p.add_argument("--hp", action="append", default=[], metavar="NAME",
+                   help="high-performance mode for model NAME (* for repository models): serve the fastest "
+                        "CPU backend whose boxes agree with Paddle fp32, measured at load")
     p.add_argument("--threshold", action="append", default=[], metavar="NAME=T",
                    help="score threshold for a model when a request gives none (NAME * for repository models)")
     p.add_argument("--version-policy", action="append", default=[], metavar="NAME=POLICY",
@@ -130,11 +133,11 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
     thresholds = _pairs(args.threshold, "--threshold")
     policies = _pairs(args.version_policy, "--version-policy")
     names = {m.name for m in models}
-    for name in set(devices) | set(thresholds) | set(policies):
+    for name in set(devices) | set(thresholds) | set(policies) | set(args.hp):
         if name not in names and name != "*":
             # ConfigError, not SystemExit: on a reload the file may have dropped the model, and that must
             # not end the daemon.
-            raise ConfigError(f"--device/--threshold/--version-policy name {name!r} is not a served "
+            raise ConfigError(f"--device/--threshold/--version-policy/--hp name {name!r} is not a served "
                               "model (use * for repository models)")
 
     def with_flags(model: ModelConfig, name: str) -> ModelConfig:
@@ -145,6 +148,8 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
             changes["threshold"] = float(thresholds[name])
         if name in policies:
             changes["version_policy"] = VersionPolicy.parse(policies[name])
+        if name in args.hp:
+            changes["high_performance"] = True
         if args.max_batch_size is not None:
             changes["max_batch_size"] = args.max_batch_size
         if args.instances is not None:
