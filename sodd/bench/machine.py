@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 
 # Instruction sets that change what oneDNN can do on x86 (AVX-512 VNNI/BF16 kernels, AMX tiles).
@@ -54,9 +55,10 @@ def usable_cores() -> int:
 def facts() -> dict:
     model, flags = _cpuinfo()
     try:
-        import paddle
-        paddle_version = paddle.__version__
-    except ImportError:
+        # The distribution's metadata: importing paddle here would start its thread pools in the
+        # process that then drives the load.
+        paddle_version = metadata.version("paddlepaddle")
+    except metadata.PackageNotFoundError:
         paddle_version = "not installed"
     memory = _memory_gib()
     return {

@@ -8,7 +8,11 @@ OpenCV release the GIL), pulling images from one shared count; "PxTbB" runs batc
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -117,3 +121,33 @@ def measure(model_path: Path, images: ImageSet, setup: PlainSetup, requests: int
         errors[key] = errors.get(key, 0) + n
     return Measurement("plain", setup.name, images.label, setup.predictors, requests, len(latencies), seconds,
                        latencies, errors)
+
+
+def measure_in_child(model_path: Path, images: ImageSet, setup: PlainSetup, requests: int, warmup: int,
+                     device: str = "cpu", timeout: float = 3600.0) -> Measurement:
+    cmd = [sys.executable, "-m", "sodd.bench.plain", str(model_path), setup.name, str(requests), str(warmup),
+           device, images.label, *map(str, images.paths)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"plain loop {setup.name} failed ({result.returncode}): {result.stderr[-2000:]}")
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    return Measurement("plain", setup.name, images.label, setup.predictors, requests, data["ok"], data["seconds"],
+                       data["latencies"], data["errors"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="one plain loop set-up; prints its numbers as JSON")
+    for name in ("model_dir", "setup", "requests", "warmup", "device", "label"):
+        parser.add_argument(name)
+    parser.add_argument("paths", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    images = ImageSet(args.label, tuple(p.read_bytes() for p in args.paths), tuple(args.paths), ())
+    m = measure(Path(args.model_dir), images, PlainSetup.parse(args.setup), int(args.requests), int(args.warmup),
+                args.device)
+    # Paddle's native code may print to stdout too; the numbers are the last line.
+    print("\n" + json.dumps({"ok": m.ok, "seconds": m.seconds, "latencies": list(m.latencies),
+                             "errors": dict(m.errors)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

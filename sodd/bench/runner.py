@@ -7,10 +7,7 @@ compete for the cores; each server is stopped before the next one starts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,20 +50,6 @@ class Outcome:
     versions: dict[str, str] = field(default_factory=dict)
 
 
-@contextlib.contextmanager
-def quiet_native_stdout() -> Iterator[None]:
-    """Paddle's C++ side prints pass names to stdout while building predictors; keep the report clean."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 1)
-            yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
 def run(plan: Plan, progress: Callable[[Measurement], None] = lambda m: None) -> Outcome:
     model = read_model_dir(plan.model_dir)
     outcome = Outcome()
@@ -77,9 +60,7 @@ def run(plan: Plan, progress: Callable[[Measurement], None] = lambda m: None) ->
 
     for setup in plan.plain_setups:
         for images in plan.image_sets:
-            with quiet_native_stdout():
-                m = plain.measure(plan.model_dir, images, setup, plan.requests, plan.warmup)
-            record(m)
+            record(plain.measure_in_child(plan.model_dir, images, setup, plan.requests, plan.warmup))
 
     python = pdx.find_python(str(plan.paddlex_python) if plan.paddlex_python else None)
     if python is None and (plan.paddlex_predict or plan.paddlex_serving):

@@ -186,6 +186,6 @@ def _relative(path: Path, doc: Path | None) -> str:
 
 
 def _progress(m) -> None:  # noqa: ANN001 - a sodd.bench.stats.Measurement, imported lazily
-    print(f"{m.system:16} {m.setup:6} {m.size:>10} c={m.concurrency:<3} {m.throughput:7.2f} images/s  "
+    print(f"{m.system:16} {m.setup:10} {m.size:>10} c={m.concurrency:<3} {m.throughput:7.2f} images/s  "
           f"p50 {m.percentile(50) * 1000:8.1f} ms  p99 {m.percentile(99) * 1000:8.1f} ms  lost {m.lost}",
           file=sys.stderr, flush=True)
