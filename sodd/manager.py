@@ -125,25 +125,37 @@ class ModelManager:
     async def _reconcile_one(self, source: ModelSource, initial: bool) -> None:
         name = source.name
         scanned = await asyncio.to_thread(scan_source, source.path)
+        if not scanned and source.explicit and self._registry.versions(name):
+            # A configured model whose directory vanished keeps serving from memory: deleting files
+            # under a running daemon is an accident far more often than an intent to stop serving.
+            log.warning("model %s: directory %s is gone or empty; the loaded version keeps serving",
+                        name, source.path)
+            return
         for version in list(self._registry.statuses().get(name, {})):
             if version not in scanned and version not in self._registry.versions(name):
                 self._registry.forget_status(name, version)
         candidates = self._candidates(source, scanned, initial)
         pinned = {v for (n, v) in self._pinned if n == name}
+        # A serving version whose directory is still there stays available even when its files
+        # changed into something unloadable: the copy in memory keeps answering.
+        available = set(candidates) | {v for v in self._registry.versions(name)
+                                       if v in scanned and (name, v) not in self._excluded}
         while True:
-            desired = set(source.config.version_policy.select(sorted(candidates))) | (pinned & set(candidates))
+            desired = set(source.config.version_policy.select(sorted(available))) | (pinned & available)
             serving = self._registry.versions(name)
-            todo = [v for v in desired if v not in serving or serving[v].fingerprint != candidates[v].fingerprint]
+            todo = [v for v in desired if v in candidates
+                    and (v not in serving or serving[v].fingerprint != candidates[v].fingerprint)]
             if not todo:
                 break
             version = max(todo)
-            vdir = candidates[version]
+            vdir = candidates.pop(version)
             try:
                 served = await asyncio.to_thread(
                     self._registry.load_version, source.config, version, vdir.path, vdir.fingerprint)
             except Exception:  # noqa: BLE001 - reported by the registry; the serving versions stay
                 self._failed[(name, version)] = vdir.fingerprint
-                del candidates[version]
+                if version not in serving:
+                    available.discard(version)
                 continue
             self._failed.pop((name, version), None)
             self._registry.publish(served)

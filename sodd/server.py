@@ -24,6 +24,7 @@ from sodd.settings import Settings
 from sodd.v1 import detector_pb2, detector_pb2_grpc
 
 log = logging.getLogger(__name__)
+METRICS_RETRY_SECONDS = 10.0
 
 
 def create_registry(config: ServeConfig, metrics: Metrics | None = None) -> ModelRegistry:
@@ -54,6 +55,41 @@ def track_model_health(registry: ModelRegistry, health_servicer: health.aio.Heal
         loop.create_task(update(served.name))
 
 
+class MetricsListener:
+    """The /metrics endpoint. A taken port must not stop detection on an edge device: the daemon
+    serves without metrics, says so, and keeps trying to bind every METRICS_RETRY_SECONDS."""
+
+    def __init__(self, listen: str, metrics: Metrics) -> None:
+        self._listen = listen
+        self._metrics = metrics
+        self.endpoint: MetricsEndpoint | None = None
+        self._retry: asyncio.Task | None = None
+        if not self._try_open():
+            self._retry = asyncio.get_running_loop().create_task(self._keep_trying())
+
+    def _try_open(self) -> bool:
+        try:
+            self.endpoint = MetricsEndpoint(self._listen, self._metrics.registry)
+        except OSError as exc:
+            log.error("metrics endpoint cannot listen on %s (%s); serving without metrics, retrying every %.0f s",
+                      self._listen, exc.strerror or exc, METRICS_RETRY_SECONDS)
+            return False
+        log.info("metrics on %s", self.endpoint.url)
+        return True
+
+    async def _keep_trying(self) -> None:
+        while True:
+            await asyncio.sleep(METRICS_RETRY_SECONDS)
+            if self._try_open():
+                return
+
+    def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+        if self.endpoint is not None:
+            self.endpoint.close()
+
+
 async def serve(config: ServeConfig, reload_config: Callable[[], ServeConfig] | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then drain. `reload_config` re-reads the configuration on SIGHUP."""
     notifier = Notifier.from_environment()
@@ -61,10 +97,8 @@ async def serve(config: ServeConfig, reload_config: Callable[[], ServeConfig] | 
     watchdog = start_watchdog(notifier)  # through loading, serving and draining
     settings = Settings(config, reload_config)
     metrics = Metrics()
-    # Before loading, so a taken port fails at once and slow loads can be watched.
-    endpoint = MetricsEndpoint(config.metrics_listen, metrics.registry) if config.metrics_listen else None
-    if endpoint is not None:
-        log.info("metrics on %s", endpoint.url)
+    # Before loading, so slow loads can be watched.
+    endpoint = MetricsListener(config.metrics_listen, metrics) if config.metrics_listen else None
     registry = create_registry(config, metrics)
     manager = ModelManager(registry, config)
     try:

@@ -266,7 +266,13 @@ class DetectorService(pb_grpc.DetectorServicer):
 
     def _info(self, served: ServedModel) -> pb.ModelInfo:
         threshold = resolve_threshold(None, served.config.threshold, served.model_dir.draw_threshold)
-        return model_info(served, served.name == self._registry.default_name, float(threshold))
+        info = model_info(served, served.name == self._registry.default_name, float(threshold))
+        status = self._registry.statuses().get(served.name, {}).get(served.version)
+        if status is not None and status.state is ModelState.FAILED:
+            # Changed files of a serving version failed to load: the old files still answer.
+            info.state_reason = "; ".join(filter(None, [
+                served.notes, f"serving the files loaded before; the changed files failed: {status.reason}"]))
+        return info
 
     def _status_info(self, name: str, version: int, status: VersionStatus) -> pb.ModelInfo:
         """A version that does not serve (loading, failed, draining): what is known of it."""

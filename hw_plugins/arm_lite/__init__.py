@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 import platform
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from importlib import metadata
@@ -35,6 +37,8 @@ POWER_MODES = {"high": "LITE_POWER_HIGH", "low": "LITE_POWER_LOW", "full": "LITE
                "no_bind": "LITE_POWER_NO_BIND", "rand_high": "LITE_POWER_RAND_HIGH",
                "rand_low": "LITE_POWER_RAND_LOW"}
 OPTIONS = ("target", "cache_dir", "threads", "power_mode", "batch")
+# Conversions done outside an unusable cache live in such a temporary directory until loaded.
+PRIVATE_PREFIX = "sodd-lite-uncached-"
 CONVERT_TIMEOUT_S = 900
 _TOOL = f"{__name__}.tool"
 PIR_ONLY_HINT = (
@@ -204,7 +208,11 @@ class ArmLitePlugin:
         cache_dir = Path(options["cache_dir"]) if options.get("cache_dir") else default_cache_root() / "lite"
 
         nb_file, notes = self._program(model, target, cache_dir)
-        return LitePredictor(nb_file, threads, power_mode, batch == "one", notes)
+        try:
+            return LitePredictor(nb_file, threads, power_mode, batch == "one", notes)
+        finally:
+            if nb_file.parent.name.startswith(PRIVATE_PREFIX):  # loaded into memory; not cached
+                shutil.rmtree(nb_file.parent, ignore_errors=True)
 
     def _program(self, model: ModelDir, target: str, cache_dir: Path) -> tuple[Path, list[str]]:
         """The `.nb` to run: the directory's own, a cached conversion, or a fresh one."""
@@ -221,16 +229,30 @@ class ArmLitePlugin:
         if nb_file.is_file():
             log.info("model %s: Paddle Lite program from the cache: %s", model.path, nb_file)
             return nb_file, [f"Paddle Lite {target} program from the cache ({nb_file})"]
-        with staging_dir(cache_dir) as staging:
-            prefix = staging / "model"
-            seconds = _run_tool(["convert", str(model.legacy_model_file), str(model.params_file), target,
-                                 str(prefix)], f"conversion of {model.legacy_model_file}")
-            staged = prefix.with_suffix(".nb")
-            _run_tool(["trial", str(staged), str(h), str(w)], f"a trial run of the program converted from {model.path}")
-            publish(staged, nb_file)
+        try:
+            with staging_dir(cache_dir) as staging:
+                staged, seconds = self._convert(model, target, staging, h, w)
+                publish(staged, nb_file)
+        except OSError as exc:
+            # An unwritable or full cache must not stop the model: convert privately, uncached.
+            log.warning("model %s: Paddle Lite cache %s is unusable (%s); converting without caching",
+                        model.path, cache_dir, exc)
+            private = Path(tempfile.mkdtemp(prefix=PRIVATE_PREFIX))
+            staged, seconds = self._convert(model, target, private, h, w)
+            return staged, [f"Paddle Lite {target} program converted in {seconds:.1f} s; not cached: "
+                            f"the cache {cache_dir} is unusable ({exc.strerror or exc})"]
         log.info("model %s: converted to a Paddle Lite %s program in %.1f s, cached as %s",
                  model.path, target, seconds, nb_file)
         return nb_file, [f"Paddle Lite {target} program converted in {seconds:.1f} s, cached ({nb_file})"]
+
+    @staticmethod
+    def _convert(model: ModelDir, target: str, directory: Path, h: int, w: int) -> tuple[Path, float]:
+        prefix = directory / "model"
+        seconds = _run_tool(["convert", str(model.legacy_model_file), str(model.params_file), target,
+                             str(prefix)], f"conversion of {model.legacy_model_file}")
+        staged = prefix.with_suffix(".nb")
+        _run_tool(["trial", str(staged), str(h), str(w)], f"a trial run of the program converted from {model.path}")
+        return staged, seconds
 
     def close(self) -> None:
         pass

@@ -73,6 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="how long an image may wait for others to fill a batch (default 0)")
     p.add_argument("--max-stream-frames", type=int, default=None,
                    help="frames a DetectStream may have in the daemon at once (default 4)")
+    p.add_argument("--max-streams", type=int, default=None, help="DetectStream calls open at once (default 16)")
+    p.add_argument("--max-request-images", type=int, default=None, help="images per DetectBatch (default 64)")
     p.add_argument("--max-image-megapixels", type=float, default=None, help="default 50")
     p.add_argument("--max-message-mb", type=float, default=None, help="default 64")
     p.add_argument("--max-pending", type=int, default=None, help="requests that may wait per model (default 64)")
@@ -105,6 +107,8 @@ SIMPLE_FLAGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "max_message_mb": ("max_message_bytes", lambda mb: int(mb * 1024 * 1024)),
     "max_pending": ("max_pending", int),
     "max_stream_frames": ("max_stream_frames", int),
+    "max_streams": ("max_streams", int),
+    "max_request_images": ("max_request_images", int),
     "metrics_listen": ("metrics_listen", str),
     "log_format": ("log_format", str),
 }
