@@ -60,6 +60,8 @@ def test_bench_against_a_started_daemon(tiny_model_dirs: dict[str, Path], bench_
     for m in sodd:
         assert m["requests"] == 5 and m["ok"] == 5 and m["lost"] == 0 and m["errors"] == {}
         assert m["throughput"] > 0 and 0 < m["p50"] <= m["p90"] <= m["p99"]
+        assert set(m["stages"]) == {"decode", "preprocess", "queue", "inference", "postprocess"}
+        assert m["stages"]["inference"] > 0
     plain = by_system(report, "plain")
     assert sorted({m["setup"] for m in plain}) == ["1x1", "1x1b2", "2x1"]
     assert all(m["ok"] == 5 for m in plain)
@@ -169,3 +171,4 @@ def test_client_load_generator_on_its_own(tiny_daemon: Daemon, bench_image: Path
     summary = json.loads(result.stdout)
     assert summary["ok"] == 6 and summary["lost"] == 0 and summary["errors"] == {}
     assert 0 < summary["p50"] <= summary["p99"] and summary["throughput"] > 0
+    assert summary["server_stage_means"]["inference"] > 0

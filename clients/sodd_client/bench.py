@@ -24,6 +24,7 @@ import grpc
 from sodd.v1 import detector_pb2_grpc as pb_grpc
 from sodd_client.client import CHANNEL_OPTIONS, detect_request
 
+STAGES = ("decode", "preprocess", "queue", "inference", "postprocess")
 # Without a local subchannel pool, channels to one address share a single connection.
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
@@ -36,6 +37,11 @@ class LoadResult:
     latencies: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    # The daemon's own per-stage seconds (StageTimings), summed over answered requests.
+    stage_totals: dict[str, float] = field(default_factory=dict)
+
+    def stage_means(self) -> dict[str, float]:
+        return {k: v / self.ok for k, v in self.stage_totals.items()} if self.ok else {}
 
     @property
     def ok(self) -> int:
@@ -83,6 +89,9 @@ async def _phase(stubs: list[pb_grpc.DetectorStub], messages: list, total: int, 
                 result.errors["EMPTY_RESPONSE"] = result.errors.get("EMPTY_RESPONSE", 0) + 1
                 continue
             result.latencies.append(elapsed)
+            for stage in STAGES:
+                value = getattr(response.timings, f"{stage}_seconds")
+                result.stage_totals[stage] = result.stage_totals.get(stage, 0.0) + value
 
     await asyncio.gather(*(client(s) for s in stubs))
 
@@ -103,7 +112,7 @@ def summary(result: LoadResult) -> dict:
         "requests": result.requests, "ok": result.ok, "lost": result.requests - result.ok, "errors": result.errors,
         "seconds": result.seconds, "throughput": result.ok / result.seconds if result.seconds else 0.0,
         "p50": percentile(result.latencies, 50), "p90": percentile(result.latencies, 90),
-        "p99": percentile(result.latencies, 99),
+        "p99": percentile(result.latencies, 99), "server_stage_means": result.stage_means(),
     }
 
 

@@ -151,6 +151,16 @@ def markdown(name: str, report: dict, ms: Sequence[Measurement], plot: str | Non
                 f"{_ms(s.percentile(90))} / {_ms(s.percentile(99))} | {f'{p.throughput:.2f}' if p else '-'} | "
                 + (f"{_ms(p.percentile(50))} / {_ms(p.percentile(90))} / {_ms(p.percentile(99))}" if p else "-")
                 + f" | {_ratio(vs_p)} | {_ratio(vs_plain)} | {_errors(s)} |")
+    staged = [m for m in ms if m.system == "sodd" and m.stages]
+    if staged:
+        lines += ["", "Where a sodd request's time went, as the daemon reports it (mean ms per request; the rest "
+                      "of the client's latency is transport and the gRPC layers):", "",
+                  "| image | daemon | clients | decode | preprocess | queue | inference | postprocess |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for m in staged:
+            cells = " | ".join(_ms(m.stages.get(k, float("nan")))
+                               for k in ("decode", "preprocess", "queue", "inference", "postprocess"))
+            lines.append(f"| {m.size} | {m.setup or 'sodd'} | {m.concurrency} | {cells} |")
     baselines = [m for m in ms if m.system in ("plain", "paddlex-predict")]
     if baselines:
         lines += ["", "In-process loops (set-up: predictors x math threads, bB = batches of B):", "",

@@ -97,4 +97,4 @@ def _load_sodd(plan: Plan, address: str, model: str, variant: str, record: Calla
             result = asyncio.run(run_load(address, images.encoded, c, plan.requests, model=model,
                                           warmup=max(plan.warmup, c), timeout=plan.timeout))
             record(Measurement("sodd", variant, images.label, c, plan.requests, result.ok, result.seconds,
-                               result.latencies, result.errors))
+                               result.latencies, result.errors, result.stage_means()))

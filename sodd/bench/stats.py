@@ -26,6 +26,8 @@ class Measurement:
     seconds: float
     latencies: Sequence[float] = field(repr=False)
     errors: Mapping[str, int] = field(default_factory=dict)
+    # sodd only: the daemon's mean seconds per stage (decode, preprocess, queue, inference, postprocess).
+    stages: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def lost(self) -> int:
@@ -42,6 +44,7 @@ class Measurement:
         """A JSON-ready dict: every field except the raw latencies, plus the derived numbers."""
         out = {k: v for k, v in asdict(self).items() if k != "latencies"}
         out["errors"] = dict(self.errors)
+        out["stages"] = dict(self.stages)
         out.update(lost=self.lost, throughput=self.throughput, mean=float(np.mean(self.latencies)) if
                    len(self.latencies) else float("nan"),
                    p50=self.percentile(50), p90=self.percentile(90), p99=self.percentile(99))
