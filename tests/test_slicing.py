@@ -81,7 +81,7 @@ def test_auto_needs_a_fixed_input_size() -> None:
 @pytest.mark.parametrize(("size", "input_hw", "expected_hw", "count"), [
     ((1360, 765), (416, 416), (340, 340), 15),  # 5 x 3 windows, as 416 would take, made smaller
     ((1920, 1080), (640, 640), (617, 617), 8),
-    ((3840, 2160), (640, 640), (698, 698), 28),  # 640 would take 48 windows: grown to fit 32
+    ((3840, 2160), (640, 640), (698, 698), 28),  # 640 would take 40 windows: grown to fit 32
     ((400, 300), (640, 640), (300, 400), 1),  # smaller than the input: one window, the image
 ])
 def test_auto_rule(size: tuple[int, int], input_hw: tuple[int, int], expected_hw: tuple[int, int],
