@@ -3,7 +3,8 @@
     python -m hw_plugins.onnx_common.tool convert OUT OPSET CUT MODEL_FILE PARAMS_FILE
     python -m hw_plugins.onnx_common.tool cut OUT OPSET CUT ONNX_FILE
 
-CUT is 1 to stop the graph at the inputs of its NonMaxSuppression (boxes, scores), 0 to keep it.
+CUT is 1 to stop the graph at the inputs of its NonMaxSuppression (boxes, scores), 0 to keep it. A
+graph without NMS and with two outputs is taken to end at boxes and scores already.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ def cut_before_nms(src: str, out: str) -> None:
     model = onnx.load(src)
     graph = model.graph
     nms = [n for n in graph.node if n.op_type == "NonMaxSuppression"]
+    if not nms and len(graph.output) == 2:
+        onnx.save(model, out)  # already ends at boxes and scores (a graph exported without NMS)
+        return
     if len(nms) != 1:
         raise SystemExit(f"expected one NonMaxSuppression node in {src}, found {len(nms)}")
     boxes, scores = nms[0].input[0], nms[0].input[1]

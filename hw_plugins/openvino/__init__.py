@@ -44,7 +44,8 @@ class OpenVinoPredictor:
         })
         self._request = self._compiled.create_infer_request()
         inputs = self._compiled.inputs
-        self._input_names = tuple(i.get_any_name() for i in inputs)
+        # The ONNX input names; a tensor may carry several names, the parameter node keeps the graph's.
+        self._input_names = tuple(i.get_node().get_friendly_name() for i in inputs)
         shape = inputs[0].get_partial_shape()
         self._per_image = batch_of_one([d.get_length() if d.is_static else None for d in shape])
         self._nms = program.nms
@@ -63,7 +64,7 @@ class OpenVinoPredictor:
         return twin
 
     def _run_graph(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        result = self._request.infer({n: np.ascontiguousarray(inputs[n]) for n in self._input_names})
+        result = self._request.infer({i: np.ascontiguousarray(inputs[n]) for i, n in enumerate(self._input_names)})
         return [np.array(result[out], copy=True) for out in self._compiled.outputs]
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:

@@ -1,0 +1,266 @@
+"""High-performance mode: our NMS against Paddle's own op, each backend's boxes against Paddle
+Inference fp32 (also the real PicoDet on the real images), the conversion cache, and the selection."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from sodd import pipeline
+from sodd.devices import DeviceSpec
+from sodd.high_performance import BF16_TOLERANCE, Tolerance, agreement, select_backend
+from sodd.model.nms import NmsParams, multiclass_nms
+from sodd.modeldir import read_model_dir
+
+needs_onnx = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("paddle2onnx", "onnxruntime", "openvino")),
+    reason="paddle2onnx, onnxruntime and openvino are not installed (pip install -e .)")
+
+
+# -- our NMS equals Paddle's multiclass_nms3 ------------------------------------------------------
+
+def paddle_nms(boxes: np.ndarray, scores: np.ndarray, p: NmsParams) -> tuple[np.ndarray, np.ndarray]:
+    import paddle
+    from paddle import _C_ops
+
+    out, _index, counts = _C_ops.multiclass_nms3(
+        paddle.to_tensor(boxes), paddle.to_tensor(scores), None, p.score_threshold, p.nms_top_k, p.keep_top_k,
+        p.nms_threshold, p.normalized, p.nms_eta, p.background_label)
+    return out.numpy(), counts.numpy()
+
+
+def random_case(rng: np.random.Generator, trial: int) -> tuple[np.ndarray, np.ndarray, NmsParams]:
+    b, m, c = int(rng.integers(1, 3)), int(rng.integers(1, 250)), int(rng.integers(1, 6))
+    xy = rng.uniform(0, 100, (b, m, 2))
+    wh = rng.uniform(-2, 40, (b, m, 2))  # some inverted boxes, which have zero area in the kernel
+    if trial % 4 == 0:  # integer corners: touching boxes and exact IoU ties
+        xy, wh = np.round(xy), np.round(wh)
+    boxes = np.concatenate([xy, xy + wh], -1).astype(np.float32)
+    scores = rng.uniform(0, 1, (b, c, m)).astype(np.float32)
+    if trial % 3 == 0:  # score ties, which the kernel breaks by index and then by class
+        scores = np.round(scores, 1).astype(np.float32)
+    params = NmsParams(
+        score_threshold=float(rng.choice([0.0, 0.01, 0.3])), nms_top_k=int(rng.choice([-1, 10, 100])),
+        keep_top_k=int(rng.choice([-1, 5, 50, 100])), nms_threshold=float(rng.choice([0.3, 0.5, 0.6, 0.7])),
+        normalized=bool(rng.integers(0, 2)), nms_eta=float(rng.choice([1.0, 1.0, 0.9])),
+        background_label=int(rng.choice([-1, -1, 0])))
+    return boxes, scores, params
+
+
+def test_numpy_nms_equals_paddle_multiclass_nms3_on_random_inputs() -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(120):
+        boxes, scores, params = random_case(rng, trial)
+        expected, expected_counts = paddle_nms(boxes, scores, params)
+        rows, counts = multiclass_nms(boxes, scores, params)
+        assert np.array_equal(counts, expected_counts), (trial, params)
+        assert rows.shape == expected.shape and np.array_equal(rows, expected), (trial, params)
+
+
+def test_numpy_nms_at_detector_scale_and_with_nothing_kept() -> None:
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(0, 600, (2, 8400, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(4, 60, (2, 8400, 2))], -1).astype(np.float32)
+    scores = (rng.uniform(0, 1, (2, 10, 8400)) ** 4).astype(np.float32)
+    for params in (NmsParams(), NmsParams(keep_top_k=100, nms_top_k=500), NmsParams(keep_top_k=-1, nms_top_k=300)):
+        expected, expected_counts = paddle_nms(boxes, scores, params)
+        rows, counts = multiclass_nms(boxes, scores, params)
+        assert np.array_equal(counts, expected_counts) and np.array_equal(rows, expected)
+    rows, counts = multiclass_nms(boxes, np.zeros_like(scores), NmsParams())
+    assert rows.shape == (0, 6) and counts.tolist() == [0, 0]
+
+
+# -- backends against Paddle Inference fp32 -----------------------------------------------------
+
+BACKENDS = {
+    "onnxruntime": ("onnxruntime", {}),
+    "openvino": ("openvino", {}),
+}
+
+
+def load(name: str, model_dir: Path, cache: Path, **options: str):
+    from hw_plugins.cpu import CpuPlugin
+    from hw_plugins.onnxruntime import OnnxRuntimePlugin
+    from hw_plugins.openvino import OpenVinoPlugin
+
+    plugin = {"cpu": CpuPlugin, "onnxruntime": OnnxRuntimePlugin, "openvino": OpenVinoPlugin}[name]()
+    if name != "cpu":
+        options["cache_dir"] = str(cache)
+    return plugin.load(read_model_dir(model_dir), name, {"threads": "2", **options})
+
+
+def rows_on(predictor, model_dir: Path, images: list[np.ndarray]) -> list[np.ndarray]:
+    model = read_model_dir(model_dir)
+    out = []
+    for image in images:
+        prepared = pipeline.prepare_images(model, [image])
+        outputs = predictor.run(pipeline.network_inputs(prepared, predictor.input_names))
+        out.append(np.asarray(outputs[0]).reshape(-1, 6))
+        assert np.asarray(outputs[1]).tolist() == [out[-1].shape[0]]
+    return out
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.fixture(scope="module")
+def real_bgr(real_images: list[Path]) -> list[np.ndarray]:
+    return [cv2.imread(str(p)) for p in real_images]
+
+
+@pytest.fixture(scope="module")
+def synthetic_bgr() -> list[np.ndarray]:
+    from sodd.synth.generator import SynthConfig, render_image
+
+    return [render_image(np.random.default_rng([5, i]), SynthConfig(image_size=(256, 256)))[0] for i in range(2)]
+
+
+def check_agreement(reference: list[np.ndarray], rows: list[np.ndarray], tolerance: Tolerance, what: str) -> None:
+    result = agreement(reference, rows, tolerance)
+    assert result.checked > 0, f"{what}: no boxes to compare"
+    assert result.fraction >= tolerance.min_matched, f"{what}: {result} ({tolerance.describe()})"
+
+
+@needs_onnx
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_real_picodet_boxes_agree_with_paddle_fp32_on_real_images(
+        backend: str, picodet_dir: Path, real_bgr: list[np.ndarray], onnx_cache: Path) -> None:
+    reference = rows_on(load("cpu", picodet_dir, onnx_cache), picodet_dir, real_bgr)
+    name, options = BACKENDS[backend]
+    rows = rows_on(load(name, picodet_dir, onnx_cache, **options), picodet_dir, real_bgr)
+    check_agreement(reference, rows, Tolerance(), f"{backend} on PicoDet-XS")
+    # Stricter than the stated tolerance: fp32 backends give Paddle's rows, in Paddle's order.
+    for ref, got in zip(reference, rows, strict=True):
+        assert got.shape == ref.shape and np.array_equal(got[:, 0], ref[:, 0])
+        assert np.abs(got[:, 1] - ref[:, 1]).max() < 1e-4 and np.abs(got[:, 2:] - ref[:, 2:]).max() < 0.05
+
+
+@needs_onnx
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_sod_architecture_boxes_agree_with_paddle_fp32(
+        backend: str, sod_model_dir: Path, synthetic_bgr: list[np.ndarray], onnx_cache: Path) -> None:
+    reference = rows_on(load("cpu", sod_model_dir, onnx_cache), sod_model_dir, synthetic_bgr)
+    name, options = BACKENDS[backend]
+    rows = rows_on(load(name, sod_model_dir, onnx_cache, **options), sod_model_dir, synthetic_bgr)
+    check_agreement(reference, rows, Tolerance(), f"{backend} on the SOD architecture")
+
+
+@pytest.mark.parametrize("backend", ["cpu?precision=bf16", "openvino?precision=bf16"])
+def test_bf16_backends_agree_only_within_the_bf16_tolerance(
+        backend: str, picodet_dir: Path, real_bgr: list[np.ndarray], onnx_cache: Path) -> None:
+    """bf16 keeps the same objects but moves scores and corners: it fails the fp32 tolerance (so the
+    selection rejects it) and meets the looser one stated for bf16."""
+    if backend.startswith("openvino") and importlib.util.find_spec("openvino") is None:
+        pytest.skip("openvino is not installed")
+    reference = rows_on(load("cpu", picodet_dir, onnx_cache), picodet_dir, real_bgr)
+    name = backend.split("?")[0]
+    rows = rows_on(load(name, picodet_dir, onnx_cache, precision="bf16"), picodet_dir, real_bgr)
+    check_agreement(reference, rows, BF16_TOLERANCE, f"{backend} on PicoDet-XS")
+    assert agreement(reference, rows, Tolerance()).fraction < Tolerance().min_matched
+
+
+# -- the conversion cache -----------------------------------------------------------------------
+
+@needs_onnx
+def test_conversion_is_cached_by_content_and_a_shipped_inference_onnx_is_used(
+        picodet_dir: Path, onnx_cache: Path, tmp_path: Path) -> None:
+    from hw_plugins.onnx_common import onnx_program
+
+    model = read_model_dir(picodet_dir)
+    first = onnx_program(model, onnx_cache)
+    stamp = first.path.stat().st_mtime_ns
+    again = onnx_program(model, onnx_cache)
+    assert again.path == first.path and "from the cache" in again.note and again.path.stat().st_mtime_ns == stamp
+    assert first.nms == NmsParams(score_threshold=np.float32(0.025).item(), nms_top_k=1000, keep_top_k=100,
+                                  nms_threshold=np.float32(0.6).item(), normalized=True)
+    assert not list(onnx_cache.glob(".staging-*")), "a staging directory was left behind"
+
+    # A directory carrying its own graph: that graph is used, not a conversion.
+    shipped = tmp_path / "shipped"
+    shutil.copytree(picodet_dir, shipped)
+    shutil.copy(first.path, shipped / "inference.onnx")  # a graph that already ends before NMS
+    program = onnx_program(read_model_dir(shipped), onnx_cache)
+    assert "inference.onnx from the model directory" in program.note and program.path != first.path
+    assert program.nms is not None
+
+
+# -- the selection ------------------------------------------------------------------------------
+
+class FakePredictor:
+    """Returns fixed rows after sleeping; `shift` moves every box (a backend that drifts)."""
+
+    input_names = ("image", "scale_factor")
+    notes = ""
+
+    def __init__(self, seconds: float, shift: float = 0.0) -> None:
+        self.seconds, self.shift, self.closed = seconds, shift, False
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        import time
+
+        time.sleep(self.seconds)
+        rows = np.array([[0, 0.9, 10, 10, 30, 30], [1, 0.6, 50, 50, 58, 61]], dtype=np.float32)
+        rows[:, 2:] += self.shift
+        return [rows, np.array([2], dtype=np.int32)]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_selection_picks_the_fastest_backend_that_agrees_and_reports_the_table(sod_model_dir: Path) -> None:
+    fakes = {
+        "cpu": FakePredictor(0.012),
+        "cpu?precision=bf16": FakePredictor(0.001, shift=3.0),  # fastest, but its boxes moved
+        "openvino": FakePredictor(0.004),
+        "onnxruntime": FakePredictor(0.008),
+    }
+
+    def load_fake(spec: DeviceSpec):
+        label = spec.name + (f"?precision={spec.options['precision']}" if "precision" in spec.options else "")
+        if label not in fakes:
+            raise RuntimeError("no such backend here")
+        return fakes[label]
+
+    selection = select_backend(read_model_dir(sod_model_dir), load_fake, name="m", rounds=4)
+    assert selection.device_label == "openvino" and selection.predictor is fakes["openvino"]
+    table = {m.device: m for m in selection.table}
+    assert not table["cpu?precision=bf16"].qualified and table["openvino"].qualified
+    assert table["openvino?precision=bf16"].error == "no such backend here"
+    assert all(f.closed for k, f in fakes.items() if k != "openvino") and not fakes["openvino"].closed
+    summary = selection.summary()
+    assert summary.startswith("high-performance: openvino (") and "x Paddle fp32" in summary
+    assert "cpu?precision=bf16" in summary and "rejected" in summary
+
+
+def test_selection_falls_back_to_paddle_fp32_when_nothing_else_agrees(sod_model_dir: Path) -> None:
+    fakes = {"cpu": FakePredictor(0.005), "openvino": FakePredictor(0.001, shift=5.0)}
+    selection = select_backend(read_model_dir(sod_model_dir), lambda spec: fakes[spec.name], name="m",
+                               candidates=("cpu", "openvino"), rounds=2)
+    assert selection.device_label == "cpu" and fakes["openvino"].closed
+
+
+@needs_onnx
+def test_registry_serves_the_selected_backend_and_names_it(
+        tiny_model_dirs: dict[str, Path], onnx_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sodd.config import ModelConfig
+    from sodd.plugin import discover_plugins
+    from sodd.registry import ModelRegistry
+
+    monkeypatch.setenv("CACHE_DIRECTORY", str(onnx_cache.parent / "registry-cache"))
+    plugins, _ = discover_plugins()
+    registry = ModelRegistry(plugins, max_pending=4, cpu_threads=2)
+    try:
+        served = registry.load(ModelConfig(name="tiny", path=tiny_model_dirs["both"], high_performance=True))
+        assert served.device in ("cpu", "cpu?precision=bf16", "openvino", "openvino?precision=bf16", "onnxruntime")
+        assert served.notes.startswith(f"high-performance: {served.device} (")
+        assert registry.statuses()["tiny"][1].reason == served.notes  # what GetModel shows as state_reason
+    finally:
+        registry.close()
