@@ -14,8 +14,9 @@ import asyncio
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,6 +70,7 @@ class ModelRunner:
         # Told the number of images in each predictor run (metrics set it once the model serves).
         self.observe_batch: Callable[[int], None] | None = None
         self._queue: deque[_Job] = deque()
+        self._admitted = 0  # images of requests inside the daemon (see admission)
         self._cond = threading.Condition()
         self._stopping = False
         self._threads = [threading.Thread(target=self._work, args=(p,), name=f"infer-{name}-{i}", daemon=True)
@@ -80,6 +82,26 @@ class ModelRunner:
     def pending(self) -> int:
         """Images waiting for a predictor."""
         return len(self._queue)
+
+    @contextmanager
+    def admission(self, images: int) -> Iterator[None]:
+        """Hold places for a request's images from arrival to answer, refusing at once when full.
+
+        Counting from arrival, not from the queue, keeps decoding and preprocessing bounded too:
+        under overload the daemon answers RESOURCE_EXHAUSTED in microseconds instead of letting
+        every stage's backlog grow.
+        """
+        with self._cond:
+            if self._admitted + images > self.max_pending:
+                raise ResourceExhausted(
+                    f"the model is full ({self._admitted} images in the daemon, limit {self.max_pending}); "
+                    "retry later")
+            self._admitted += images
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._admitted -= images
 
     # -- submitting ------------------------------------------------------------------------
 

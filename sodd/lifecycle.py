@@ -53,14 +53,20 @@ async def reload_all(callbacks: list[ReloadCallback], notifier: Notifier, status
     return not failures
 
 
-async def run_until_stopped(notifier: Notifier, reload_callbacks: list[ReloadCallback],
-                            status: Callable[[], str]) -> signal.Signals:
-    """Serve reloads until SIGTERM or SIGINT arrives; returns that signal."""
+def catch_signals() -> asyncio.Queue[signal.Signals]:
+    """Queue SIGTERM, SIGINT and SIGHUP from now on: called before the daemon says it listens, so
+    a reload or stop sent right after that message is never handled by the default action."""
     loop = asyncio.get_running_loop()
     signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
-    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-    for sig in handled:
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, signals.put_nowait, sig)
+    return signals
+
+
+async def run_until_stopped(signals: asyncio.Queue[signal.Signals], notifier: Notifier,
+                            reload_callbacks: list[ReloadCallback], status: Callable[[], str]) -> signal.Signals:
+    """Serve reloads until SIGTERM or SIGINT arrives; returns that signal."""
+    loop = asyncio.get_running_loop()
     try:
         while True:
             sig = await signals.get()

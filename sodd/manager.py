@@ -236,7 +236,11 @@ class ModelManager:
                 await asyncio.sleep(self._config.debounce_seconds)
 
     def start_watching(self) -> None:
-        self._watch_task = asyncio.get_running_loop().create_task(self.watch())
+        loop = asyncio.get_running_loop()
+        self._watch_task = loop.create_task(self.watch())
+        # Files placed between the start-up scan and the watch taking hold would be missed: look
+        # once more when the watcher is surely running.
+        loop.call_later(self._config.debounce_seconds * 2, lambda: loop.create_task(self.reconcile()))
 
     async def close(self) -> None:
         if self._recheck is not None:

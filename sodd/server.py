@@ -12,7 +12,7 @@ from grpc_reflection.v1alpha import reflection
 
 from sodd.config import ServeConfig
 from sodd.drain import DrainInterceptor, drain
-from sodd.lifecycle import ReloadCallback, run_until_stopped, start_watchdog
+from sodd.lifecycle import ReloadCallback, catch_signals, run_until_stopped, start_watchdog
 from sodd.listeners import add_listeners
 from sodd.manager import ModelManager
 from sodd.metrics import Metrics, MetricsEndpoint, MetricsInterceptor
@@ -123,6 +123,7 @@ async def serve(config: ServeConfig, reload_config: Callable[[], ServeConfig] | 
              health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
     addresses = add_listeners(server, config, settings.certificates)
+    signals = catch_signals()
     await server.start()
     serving = health_pb2.HealthCheckResponse.SERVING
     await health_servicer.set("", serving)
@@ -140,7 +141,7 @@ async def serve(config: ServeConfig, reload_config: Callable[[], ServeConfig] | 
     # SIGHUP (systemd's ExecReload) runs these in order: configuration and certificates, then the
     # model directories. Anything else that must follow a reload appends its own coroutine function.
     reload_callbacks: list[ReloadCallback] = [settings.reload, manager.reconcile]
-    signal_name = (await run_until_stopped(notifier, reload_callbacks, status)).name
+    signal_name = (await run_until_stopped(signals, notifier, reload_callbacks, status)).name
     timeout = settings.config.drain_timeout_seconds
     log.info("%s: refusing new requests, letting %d in-flight ones finish (up to %.0f s)", signal_name,
              draining.running, timeout)

@@ -134,11 +134,12 @@ class DetectorService(pb_grpc.DetectorServicer):
     async def _detect_images(self, served: ServedModel, images: Sequence[pb.Image], fields: Sequence[str],
                              threshold: Threshold, max_detections: int, request_id: str,
                              deadline: float | None = None) -> list[pb.DetectResponse]:
-        decoded, decode_s = await self._in_worker(
-            lambda: [decode_image(img, self._config.max_pixels, f) for img, f in zip(images, fields, strict=True)])
-        model_dir = served.model_dir
-        prepared, preprocess_s = await self._in_worker(pipeline.prepare_images, model_dir, decoded)
-        results = await served.runner.run_images(prepared, deadline)
+        with served.runner.admission(len(images)):
+            decoded, decode_s = await self._in_worker(
+                lambda: [decode_image(img, self._config.max_pixels, f) for img, f in zip(images, fields, strict=True)])
+            model_dir = served.model_dir
+            prepared, preprocess_s = await self._in_worker(pipeline.prepare_images, model_dir, decoded)
+            results = await served.runner.run_images(prepared, deadline)
         responses = []
         for item, result in zip(prepared, results, strict=True):
             post_start = time.perf_counter()
@@ -164,7 +165,7 @@ class DetectorService(pb_grpc.DetectorServicer):
         try:
             return await work
         except SoddError as exc:
-            log.warning("%s request_id=%s code=%s: %s", what, request_id, exc.code.name, exc.message)
+            log.debug("%s request_id=%s code=%s: %s", what, request_id, exc.code.name, exc.message)
             await context.abort(exc.code, exc.message)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
@@ -191,7 +192,7 @@ class DetectorService(pb_grpc.DetectorServicer):
         try:
             response = await self._detect_one(request, request_id, deadline)
         except SoddError as exc:
-            log.warning("DetectStream request_id=%s code=%s: %s", request_id, exc.code.name, exc.message)
+            log.debug("DetectStream request_id=%s code=%s: %s", request_id, exc.code.name, exc.message)
             return pb.DetectStreamResponse(request_id=request_id,
                                            error=pb.FrameError(code=exc.code.value[0], message=exc.message))
         except Exception as exc:  # noqa: BLE001 - one bad frame must not end the stream
