@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sodd.devices import DeviceSpec, parse_devices
+from sodd.model.slicing import SliceOptions
 from sodd.repository import VersionPolicy
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
@@ -28,6 +29,8 @@ class ModelConfig:
     max_queue_delay_seconds: float = 0.0
     # Predictor instances (threads) per loaded version; Paddle Inference clones share weights.
     instances: int = 1
+    # Slice every request's image unless the request says otherwise (None: whole images).
+    slicing: SliceOptions | None = None
     # Which complete versions of the model's directory to serve.
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     # Measure the CPU backends at load and serve the fastest whose boxes agree with Paddle fp32

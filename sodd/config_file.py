@@ -93,6 +93,10 @@ def convert(value: Any, tp: Any, key: str, base_dir: Path) -> Any:
         if len(choices) != 1:
             raise ConfigError(f"{key}: the file cannot set a field of type {tp}")
         return convert(value, choices[0], key, base_dir)
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: expected one of {', '.join(map(repr, typing.get_args(tp)))}, got {value!r}")
+        return value
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")

@@ -8,6 +8,7 @@ failing backend never takes the daemon down.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -25,6 +26,7 @@ from sodd.errors import InvalidArgument, NotFound, SoddError
 from sodd.manager import ModelManager
 from sodd.model.decode import decode_encoded, decode_raw
 from sodd.model.postprocess import Box, Threshold, finish, resolve_threshold
+from sodd.model.slicing import SliceOptions, crops_for, merge_crop_rows
 from sodd.registry import ModelEvent, ModelRegistry, ModelState, ServedModel, VersionStatus
 from sodd.v1 import detector_pb2 as pb
 from sodd.v1 import detector_pb2_grpc as pb_grpc
@@ -32,6 +34,8 @@ from sodd.v1 import detector_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 WATCH_QUEUE_LIMIT = 1000
+SLICING_FIELDS = ("slice_height", "slice_width", "overlap_height_ratio", "overlap_width_ratio", "full_image",
+                  "merge", "match_metric", "match_threshold", "class_agnostic", "auto")
 STATE_MESSAGES = {
     ModelState.LOADING: pb.MODEL_STATE_LOADING,
     ModelState.READY: pb.MODEL_STATE_READY,
@@ -133,29 +137,59 @@ class DetectorService(pb_grpc.DetectorServicer):
 
     async def _detect_images(self, served: ServedModel, images: Sequence[pb.Image], fields: Sequence[str],
                              threshold: Threshold, max_detections: int, request_id: str,
-                             deadline: float | None = None) -> list[pb.DetectResponse]:
-        with served.runner.admission(len(images)):
-            decoded, decode_s = await self._in_worker(
-                lambda: [decode_image(img, self._config.max_pixels, f) for img, f in zip(images, fields, strict=True)])
-            model_dir = served.model_dir
-            prepared, preprocess_s = await self._in_worker(pipeline.prepare_images, model_dir, decoded)
+                             deadline: float | None = None, slicing: SliceOptions | None = None,
+                             ) -> list[pb.DetectResponse]:
+        model_dir = served.model_dir
+        decoded, decode_s = await self._in_worker(
+            lambda: [decode_image(img, self._config.max_pixels, f) for img, f in zip(images, fields, strict=True)])
+        # Each image becomes one network input, or its windows (+ the whole image) when slicing.
+        started = time.perf_counter()
+        plans = [crops_for(image, slicing, model_dir.input_size) if slicing else ([], [image]) for image in decoded]
+        slicing_s = time.perf_counter() - started if slicing else 0.0
+        inputs = [crop for _, crops in plans for crop in crops]
+        with served.runner.admission(len(inputs)):
+            prepared, preprocess_s = await self._in_worker(pipeline.prepare_images, model_dir, inputs)
             results = await served.runner.run_images(prepared, deadline)
-        responses = []
-        for item, result in zip(prepared, results, strict=True):
+        responses, at = [], 0
+        for image, (windows, crops) in zip(decoded, plans, strict=True):
+            mine, at = results[at:at + len(crops)], at + len(crops)
+            merge_start = time.perf_counter()
+            rows = merge_crop_rows([r.rows for r in mine], windows, slicing, threshold) if slicing else mine[0].rows
+            merging_s = time.perf_counter() - merge_start if slicing else 0.0
             post_start = time.perf_counter()
-            boxes = finish(result.rows, threshold, model_dir.label_list, item.original_hw[1], item.original_hw[0],
-                           max_detections)
+            height, width = image.shape[:2]
+            boxes = finish(rows, threshold, model_dir.label_list, width, height, max_detections)
             responses.append(pb.DetectResponse(
-                request_id=request_id, boxes=[box_message(b) for b in boxes],
-                image_width=item.original_hw[1], image_height=item.original_hw[0],
-                model=served.name, version=served.version, device=served.device,
+                request_id=request_id, boxes=[box_message(b) for b in boxes], image_width=width,
+                image_height=height, model=served.name, version=served.version, device=served.device,
+                slices=len(crops),
                 timings=pb.StageTimings(
                     decode_seconds=decode_s, preprocess_seconds=preprocess_s,
-                    queue_seconds=result.queue_seconds, inference_seconds=result.inference_seconds,
-                    postprocess_seconds=time.perf_counter() - post_start, batch_size=result.batch_size,
+                    queue_seconds=max(r.queue_seconds for r in mine),
+                    inference_seconds=sum(r.inference_seconds for r in mine) if slicing else mine[0].inference_seconds,
+                    postprocess_seconds=time.perf_counter() - post_start, batch_size=mine[0].batch_size,
+                    slicing_seconds=slicing_s, merging_seconds=merging_s,
                 ),
             ))
         return responses
+
+    def _slicing(self, served: ServedModel, request: pb.DetectRequest | pb.DetectBatchRequest) -> SliceOptions | None:
+        """The request's slicing over the model's default; None runs the image whole."""
+        default = served.config.slicing
+        if not request.HasField("slicing"):
+            return default
+        message = request.slicing
+        if message.HasField("enabled") and not message.enabled:
+            return None
+        given = {f: getattr(message, f) for f in SLICING_FIELDS if message.HasField(f)}
+        # Without a default, the daemon picks the window size unless the request gives one.
+        options = dataclasses.asdict(default) if default else {"auto": True}
+        if {"slice_height", "slice_width"} & given.keys() and "auto" not in given:
+            options["auto"] = False
+        if given.get("auto"):
+            options.update(slice_height=0, slice_width=0)
+        options.update(given)
+        return SliceOptions(**options)
 
     def _resolve(self, served: ServedModel, request: pb.DetectRequest | pb.DetectBatchRequest) -> Threshold:
         return resolve_threshold(request_threshold(request, served.model_dir.label_list),
@@ -179,7 +213,8 @@ class DetectorService(pb_grpc.DetectorServicer):
         with self._registry.lease(request.model, request.version) as served:
             threshold = self._resolve(served, request)
             (response,) = await self._detect_images(served, [request.image], ["image"], threshold,
-                                                    request.max_detections, request_id, deadline)
+                                                    request.max_detections, request_id, deadline,
+                                                    self._slicing(served, request))
         return response
 
     async def Detect(self, request: pb.DetectRequest, context: grpc.aio.ServicerContext) -> pb.DetectResponse:
@@ -260,7 +295,8 @@ class DetectorService(pb_grpc.DetectorServicer):
                                           f"{self._config.max_request_images} per DetectBatch")
                 fields = [f"images[{i}]" for i in range(len(request.images))]
                 results = await self._detect_images(served, request.images, fields, threshold,
-                                                    request.max_detections, request_id, deadline_of(context))
+                                                    request.max_detections, request_id, deadline_of(context),
+                                                    self._slicing(served, request))
             return pb.DetectBatchResponse(request_id=request_id, results=results)
 
         return await self._guard(context, work(), "DetectBatch", request_id)

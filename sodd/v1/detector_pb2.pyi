@@ -56,7 +56,7 @@ class ClassThresholds(_message.Message):
     def __init__(self, thresholds: _Optional[_Mapping[int, float]] = ...) -> None: ...
 
 class DetectRequest(_message.Message):
-    __slots__ = ("image", "model", "version", "threshold", "class_thresholds", "max_detections", "request_id")
+    __slots__ = ("image", "model", "version", "threshold", "class_thresholds", "max_detections", "request_id", "slicing")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,7 @@ class DetectRequest(_message.Message):
     CLASS_THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
     MAX_DETECTIONS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SLICING_FIELD_NUMBER: _ClassVar[int]
     image: Image
     model: str
     version: int
@@ -71,7 +72,34 @@ class DetectRequest(_message.Message):
     class_thresholds: ClassThresholds
     max_detections: int
     request_id: str
-    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., threshold: _Optional[float] = ..., class_thresholds: _Optional[_Union[ClassThresholds, _Mapping]] = ..., max_detections: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    slicing: Slicing
+    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., threshold: _Optional[float] = ..., class_thresholds: _Optional[_Union[ClassThresholds, _Mapping]] = ..., max_detections: _Optional[int] = ..., request_id: _Optional[str] = ..., slicing: _Optional[_Union[Slicing, _Mapping]] = ...) -> None: ...
+
+class Slicing(_message.Message):
+    __slots__ = ("enabled", "slice_height", "slice_width", "overlap_height_ratio", "overlap_width_ratio", "full_image", "merge", "match_metric", "match_threshold", "class_agnostic", "auto")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    SLICE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SLICE_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_HEIGHT_RATIO_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_WIDTH_RATIO_FIELD_NUMBER: _ClassVar[int]
+    FULL_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    MERGE_FIELD_NUMBER: _ClassVar[int]
+    MATCH_METRIC_FIELD_NUMBER: _ClassVar[int]
+    MATCH_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    CLASS_AGNOSTIC_FIELD_NUMBER: _ClassVar[int]
+    AUTO_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    slice_height: int
+    slice_width: int
+    overlap_height_ratio: float
+    overlap_width_ratio: float
+    full_image: bool
+    merge: str
+    match_metric: str
+    match_threshold: float
+    class_agnostic: bool
+    auto: bool
+    def __init__(self, enabled: _Optional[bool] = ..., slice_height: _Optional[int] = ..., slice_width: _Optional[int] = ..., overlap_height_ratio: _Optional[float] = ..., overlap_width_ratio: _Optional[float] = ..., full_image: _Optional[bool] = ..., merge: _Optional[str] = ..., match_metric: _Optional[str] = ..., match_threshold: _Optional[float] = ..., class_agnostic: _Optional[bool] = ..., auto: _Optional[bool] = ...) -> None: ...
 
 class Box(_message.Message):
     __slots__ = ("cls_id", "label", "score", "xmin", "ymin", "xmax", "ymax")
@@ -92,23 +120,27 @@ class Box(_message.Message):
     def __init__(self, cls_id: _Optional[int] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., xmin: _Optional[float] = ..., ymin: _Optional[float] = ..., xmax: _Optional[float] = ..., ymax: _Optional[float] = ...) -> None: ...
 
 class StageTimings(_message.Message):
-    __slots__ = ("decode_seconds", "preprocess_seconds", "inference_seconds", "postprocess_seconds", "queue_seconds", "batch_size")
+    __slots__ = ("decode_seconds", "preprocess_seconds", "inference_seconds", "postprocess_seconds", "queue_seconds", "batch_size", "slicing_seconds", "merging_seconds")
     DECODE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PREPROCESS_SECONDS_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     POSTPROCESS_SECONDS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SLICING_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MERGING_SECONDS_FIELD_NUMBER: _ClassVar[int]
     decode_seconds: float
     preprocess_seconds: float
     inference_seconds: float
     postprocess_seconds: float
     queue_seconds: float
     batch_size: int
-    def __init__(self, decode_seconds: _Optional[float] = ..., preprocess_seconds: _Optional[float] = ..., inference_seconds: _Optional[float] = ..., postprocess_seconds: _Optional[float] = ..., queue_seconds: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    slicing_seconds: float
+    merging_seconds: float
+    def __init__(self, decode_seconds: _Optional[float] = ..., preprocess_seconds: _Optional[float] = ..., inference_seconds: _Optional[float] = ..., postprocess_seconds: _Optional[float] = ..., queue_seconds: _Optional[float] = ..., batch_size: _Optional[int] = ..., slicing_seconds: _Optional[float] = ..., merging_seconds: _Optional[float] = ...) -> None: ...
 
 class DetectResponse(_message.Message):
-    __slots__ = ("request_id", "boxes", "image_width", "image_height", "model", "version", "device", "timings")
+    __slots__ = ("request_id", "boxes", "image_width", "image_height", "model", "version", "device", "timings", "slices")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     BOXES_FIELD_NUMBER: _ClassVar[int]
     IMAGE_WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +149,7 @@ class DetectResponse(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    SLICES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     boxes: _containers.RepeatedCompositeFieldContainer[Box]
     image_width: int
@@ -125,7 +158,8 @@ class DetectResponse(_message.Message):
     version: int
     device: str
     timings: StageTimings
-    def __init__(self, request_id: _Optional[str] = ..., boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., device: _Optional[str] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ...) -> None: ...
+    slices: int
+    def __init__(self, request_id: _Optional[str] = ..., boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., device: _Optional[str] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., slices: _Optional[int] = ...) -> None: ...
 
 class FrameError(_message.Message):
     __slots__ = ("code", "message")
@@ -146,7 +180,7 @@ class DetectStreamResponse(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., response: _Optional[_Union[DetectResponse, _Mapping]] = ..., error: _Optional[_Union[FrameError, _Mapping]] = ...) -> None: ...
 
 class DetectBatchRequest(_message.Message):
-    __slots__ = ("images", "model", "version", "threshold", "class_thresholds", "max_detections", "request_id")
+    __slots__ = ("images", "model", "version", "threshold", "class_thresholds", "max_detections", "request_id", "slicing")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +188,7 @@ class DetectBatchRequest(_message.Message):
     CLASS_THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
     MAX_DETECTIONS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SLICING_FIELD_NUMBER: _ClassVar[int]
     images: _containers.RepeatedCompositeFieldContainer[Image]
     model: str
     version: int
@@ -161,7 +196,8 @@ class DetectBatchRequest(_message.Message):
     class_thresholds: ClassThresholds
     max_detections: int
     request_id: str
-    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., threshold: _Optional[float] = ..., class_thresholds: _Optional[_Union[ClassThresholds, _Mapping]] = ..., max_detections: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    slicing: Slicing
+    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., threshold: _Optional[float] = ..., class_thresholds: _Optional[_Union[ClassThresholds, _Mapping]] = ..., max_detections: _Optional[int] = ..., request_id: _Optional[str] = ..., slicing: _Optional[_Union[Slicing, _Mapping]] = ...) -> None: ...
 
 class DetectBatchResponse(_message.Message):
     __slots__ = ("request_id", "results")
