@@ -15,7 +15,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -199,11 +199,18 @@ def select_backend(model: ModelDir, load: Callable[[DeviceSpec], Predictor], *, 
     try:
         results = _measure(loaded, prepared, rounds, table)
         reference = results[device_label(parse_device(REFERENCE))]
+        if not any((rows[:, 1] >= tolerance.min_score).any() for rows in reference):
+            # A model that finds nothing confident on the scenes (fresh weights): compare every row.
+            tolerance = replace(tolerance, min_score=0.0)
         for m in table:
             if m.error:
                 continue
             m.agreement = agreement(reference, results[m.device], tolerance)
-            m.qualified = (m.agreement.checked == 0 or m.agreement.fraction >= tolerance.min_matched)
+            if m.agreement.checked:
+                m.qualified = m.agreement.fraction >= tolerance.min_matched
+            else:
+                # Nothing to compare: trust only full-precision backends, whose agreement the tests show.
+                m.qualified = "bf16" not in m.device
         best = min((m for m in table if m.qualified and m.median_ms is not None), key=lambda m: m.median_ms)
     except BaseException:
         for predictor in loaded.values():

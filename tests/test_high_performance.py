@@ -264,3 +264,19 @@ def test_registry_serves_the_selected_backend_and_names_it(
         assert registry.statuses()["tiny"][1].reason == served.notes  # what GetModel shows as state_reason
     finally:
         registry.close()
+
+
+class EmptyPredictor(FakePredictor):
+    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return [np.zeros((0, 6), dtype=np.float32), np.array([0], dtype=np.int32)]
+
+
+def test_with_nothing_to_compare_only_full_precision_backends_qualify(sod_model_dir: Path) -> None:
+    fakes = {"cpu": EmptyPredictor(0.003), "cpu?precision=bf16": EmptyPredictor(0.0),
+             "openvino": EmptyPredictor(0.001)}
+    selection = select_backend(
+        read_model_dir(sod_model_dir), lambda spec: fakes[spec.name + ("?precision=bf16" if spec.options else "")],
+        name="m", candidates=("cpu", "cpu?precision=bf16", "openvino"), rounds=3)
+    table = {m.device: m for m in selection.table}
+    assert not table["cpu?precision=bf16"].qualified and table["openvino"].qualified
+    assert selection.device_label == "openvino"

@@ -1,0 +1,98 @@
+"""`sodd bench-hp`: normal mode (Paddle Inference fp32 on the CPU) against high-performance mode.
+
+    sodd bench-hp --model NAME=DIR [--model NAME=DIR ...] [--runs 20] [--threads 2]
+                  [--candidates cpu,openvino] [--json FILE]
+
+For each model, every candidate backend is loaded and timed the way high-performance mode does at
+load (sodd.high_performance: synthetic scenes at the model's input size, interleaved rounds, one
+image per run, model inference time only: the plugin's run including NMS, without decoding and
+preprocessing), with `--runs` runs each; the boxes are checked against Paddle fp32. Prints one
+markdown table per model and the speed-up of the chosen backend over normal mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("bench-hp", help="normal vs high-performance mode: backend timings and agreement",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", action="append", required=True, metavar="NAME=DIR", help="a model directory (repeatable)")
+    p.add_argument("--runs", type=int, default=20, help="timed runs per backend (median reported; default 20)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per backend (default: all cores)")
+    p.add_argument("--candidates", default="", help="device strings separated by ',', e.g. cpu,openvino "
+                                                    "(default: high-performance mode's candidates)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="where converted graphs are kept")
+    p.add_argument("--json", type=Path, default=None, help="write every number to this file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sodd.high_performance import CANDIDATES, REFERENCE, Tolerance, select_backend
+    from sodd.modeldir import read_model_dir
+    from sodd.plugin import discover_plugins
+
+    plugins, _ = discover_plugins()
+    threads = str(args.threads or os.cpu_count() or 1)
+    candidates = tuple(c for c in args.candidates.split(",") if c) or CANDIDATES
+    if REFERENCE not in candidates:
+        candidates = (REFERENCE, *candidates)
+    report = {"threads": int(threads), "runs": args.runs, "load_average_start": os.getloadavg(),
+              "tolerance": Tolerance().describe(), "models": []}
+    for item in args.model:
+        name, sep, path = item.partition("=")
+        if not sep:
+            print(f"sodd bench-hp: --model takes NAME=DIR, got {item!r}", file=sys.stderr)
+            return 2
+        model = read_model_dir(path)
+
+        def load(spec, model=model):
+            plugin = next(p for p in plugins.values() if spec.type in p.device_types)
+            options = {"threads": threads, **spec.options}
+            if args.cache_dir and spec.type != "cpu":
+                options["cache_dir"] = str(args.cache_dir)
+            return plugin.load(model, spec.name, options)
+
+        started = time.perf_counter()
+        selection = select_backend(model, load, name=name, candidates=candidates, rounds=args.runs)
+        selection.predictor.close()
+        rows = []
+        for m in selection.table:
+            a = m.agreement
+            rows.append({"backend": m.device, "median_ms": m.median_ms, "error": m.error, "qualified": m.qualified,
+                         "checked": a.checked if a else None, "matched": a.matched if a else None,
+                         "min_iou": a.min_iou if a else None, "max_score_diff": a.max_score_diff if a else None})
+        normal = next(r for r in rows if r["backend"] == REFERENCE)
+        chosen = next(r for r in rows if r["backend"] == selection.device_label)
+        entry = {"name": name, "dir": str(path), "model_name": model.model_name, "input_size": model.input_size,
+                 "chosen": selection.device_label, "normal_ms": normal["median_ms"], "hp_ms": chosen["median_ms"],
+                 "speedup": normal["median_ms"] / chosen["median_ms"], "rows": rows,
+                 "seconds": time.perf_counter() - started, "load_average_end": os.getloadavg()}
+        report["models"].append(entry)
+        print(_markdown(entry), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def _markdown(entry: dict) -> str:
+    h, w = entry["input_size"] or ("?", "?")
+    lines = [f"### {entry['name']} ({entry['model_name']}, {w}x{h})", "",
+             "| backend | median ms | speed-up | boxes agreeing | min IoU | max score diff | verdict |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in entry["rows"]:
+        if r["error"]:
+            lines.append(f"| {r['backend']} | - | - | - | - | - | failed: {r['error'][:80]} |")
+            continue
+        verdict = "**chosen**" if r["backend"] == entry["chosen"] else ("agrees" if r["qualified"] else "rejected")
+        lines.append(f"| {r['backend']} | {r['median_ms']:.1f} | {entry['normal_ms'] / r['median_ms']:.2f}x | "
+                     f"{r['matched']}/{r['checked']} | {r['min_iou']:.3f} | {r['max_score_diff']:.4f} | {verdict} |")
+    lines += ["", f"High-performance mode: {entry['chosen']}, {entry['speedup']:.2f}x normal mode "
+                  f"({entry['normal_ms']:.1f} -> {entry['hp_ms']:.1f} ms).", ""]
+    return "\n".join(lines)
