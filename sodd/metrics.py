@@ -59,6 +59,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 # Boxes kept per image: small-object scenes (aerial, VisDrone) hold hundreds of objects, and
 # PaddleX's NMS keeps at most a few hundred per image.
 DETECTION_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+# 1 is an unsliced image; a 1080p frame in 640-pixel windows is about 10, a 4K one about 40.
+SLICE_BUCKETS = (1, 2, 5, 10, 20, 50, 100)
 # Pixels (the base unit; a megapixel is 1e6). Each edge sits just above a common frame size so each
 # lands in its own bucket: 320x320 model inputs, VGA, 720p, 1080p, 5 MP, 4K UHD, 12 MP, 20 MP,
 # 8K UHD, and the default 50 MP limit.
@@ -128,6 +130,9 @@ class Metrics:
                                     buckets=BATCH_BUCKETS, registry=r)
         self.detections = Histogram("sodd_detections_per_image", "Boxes returned per image.", MODEL_LABELS,
                                     buckets=DETECTION_BUCKETS, registry=r)
+        self.slices = Histogram("sodd_slices_per_image", "Network runs per image: 1 unsliced, the windows "
+                                "(plus the whole image) when sliced.", MODEL_LABELS, buckets=SLICE_BUCKETS,
+                                registry=r)
         self.input_pixels = Histogram("sodd_input_pixels", "Decoded input image size in pixels "
                                       "(width times height).", MODEL_LABELS, buckets=PIXEL_BUCKETS, registry=r)
         self.load_duration = Histogram("sodd_model_load_duration_seconds", "Time to load, warm up and publish "
@@ -157,7 +162,7 @@ class Metrics:
         self._start_request_series(labels)
         for stage in ALWAYS_STAGES:
             self.stage_duration.labels(*labels, stage)
-        for family in (self.detections, self.input_pixels):
+        for family in (self.detections, self.input_pixels, self.slices):
             family.labels(*labels)
         # Attached once warm-up is over, so warm-up runs are not counted as batches.
         served.runner.observe_batch = self.batch_size.labels(*labels).observe
@@ -407,6 +412,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         for r in results:
             m.detections.labels(*labels).observe(len(r.boxes))
             m.input_pixels.labels(*labels).observe(r.image_width * r.image_height)
+            m.slices.labels(*labels).observe(max(r.slices, 1))
         # Decode and preprocess handle all of a request's images at once: one value per request.
         # The other stages are per image: how long that image waited, the predictor run that
         # carried it (shared with its batch mates), its own postprocess, slicing and merging.
