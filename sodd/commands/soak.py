@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -177,6 +178,8 @@ async def soak(args: argparse.Namespace, address: str, pid: int, model_root: Pat
 
 
 def run(args: argparse.Namespace) -> int:
+    # Stopping the soak must stop its daemon too: turn SIGTERM into an exit that runs `finally`.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     image = args.image.read_bytes()
     with tempfile.TemporaryDirectory(prefix="sodd-soak-") as tmp:
         repository = Path(tmp) / "repo"
