@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 import tempfile
@@ -90,7 +91,7 @@ def _variants(texts: list[str], common: list[str]) -> list[tuple[str, list[str]]
 
 
 def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-") or "bench"
+    return re.sub(r"[^a-z0-9._]+", "-", text.lower()).strip("-") or "bench"
 
 
 def run(args: argparse.Namespace) -> int:
