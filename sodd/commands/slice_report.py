@@ -35,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", type=Path, required=True, help="a model directory")
     parser.add_argument("--visdrone", type=Path, required=True,
                         help="a VisDrone image; its .txt ground truth beside it")
+    parser.add_argument("--coco", nargs=3, action="append", default=[], metavar=("IMAGE", "JSON", "CLASS_ID"),
+                        help="an image with COCO ground truth (every box in JSON for that file name counts) and "
+                             "the model class it shows; may repeat")
     parser.add_argument("--images", type=Path, nargs="*", default=[], help="further images, without ground truth")
     parser.add_argument("--class-id", type=int, default=2, help="the model's class compared (default 2, COCO car)")
     parser.add_argument("--visdrone-category", type=int, default=VISDRONE_CAR,
@@ -63,6 +66,17 @@ def read_visdrone(path: Path, category: int) -> np.ndarray:
         if len(fields) >= 6 and int(fields[5]) == category:
             x, y, w, h = (float(v) for v in fields[:4])
             boxes.append((x, y, x + w, y + h))
+    return np.array(boxes, dtype=np.float64).reshape(-1, 4)
+
+
+def read_coco(path: Path, image_name: str) -> np.ndarray:
+    """[N, 4] x1, y1, x2, y2 of every annotation of one image in a COCO file."""
+    import json
+
+    data = json.loads(path.read_text())
+    ids = {img["id"] for img in data.get("images", []) if Path(img["file_name"]).name == image_name}
+    boxes = [(x, y, x + w, y + h) for ann in data.get("annotations", []) if ann["image_id"] in ids
+             for x, y, w, h in [ann["bbox"]]]
     return np.array(boxes, dtype=np.float64).reshape(-1, 4)
 
 
@@ -251,58 +265,60 @@ def run(args: argparse.Namespace) -> int:
     from sodd.local import LocalDetector
 
     truth_file = args.visdrone.with_suffix(".txt")
-    for path in (args.model, args.visdrone, truth_file, *args.images):
+    coco = [(Path(image), Path(gt), int(class_id)) for image, gt, class_id in args.coco]
+    for path in (args.model, args.visdrone, truth_file, *args.images, *(p for c in coco for p in c[:2])):
         if not path.exists():
             print(f"{path} does not exist", file=sys.stderr)
             return 2
-    truth = read_visdrone(truth_file, args.visdrone_category)
+    with_truth = [(args.visdrone, read_visdrone(truth_file, args.visdrone_category), args.class_id)]
+    with_truth += [(image, read_coco(gt, image.name), class_id) for image, gt, class_id in coco]
     detector = LocalDetector(args.model, threads=args.threads)
     try:
-        label = detector.labels[args.class_id] if args.class_id < len(detector.labels) else str(args.class_id)
-        candidates = ways(args.slice)
-        image = cv2.imread(str(args.visdrone))
-        height, width = image.shape[:2]
-        small = int(((truth[:, 2] - truth[:, 0]) * (truth[:, 3] - truth[:, 1]) < SMALL_AREA).sum())
-        windows = plan_slices(width, height, SliceOptions(auto=True), detector.served.model_dir.input_size)
-        auto_hw = (windows[0][3] - windows[0][1], windows[0][2] - windows[0][0])
-        print(f"### {args.visdrone.name} ({width}x{height}), {len(truth)} {label}s, {small} under 32x32 px\n")
-        print(f"Automatic windows: {auto_hw[1]}x{auto_hw[0]}. Recall at IoU {RECALL_IOU} of boxes scoring above "
-              f"{args.score}; AP50 from boxes scoring above {args.ap_score}. Network wall and CPU time are "
-              f"medians of {args.repeat} passes, shared by the ways with the same windows; latency adds the "
-              "merge and final step.\n")
-        print("| way | merge | metric | recall | small recall | AP50 | runs | latency s | network CPU s | merge ms |")
-        print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        outcomes, cache = [], {}
-        for way in candidates:
-            outcome = measure(detector, image, way, args.class_id, args.score, args.ap_score, args.repeat, cache)
-            outcomes.append(outcome)
-            r_all, r_small = recall(truth, outcome.boxes)
-            size, method, metric = (way.name.split() + ["-", "-"])[:3]
-            print(f"| {size} | {method} | {metric} | {_pct(r_all)} | {_pct(r_small)} | "
-                  f"{_pct(ap50(truth, outcome.ap_boxes, width, height))} | {outcome.slices} | "
-                  f"{outcome.seconds:.2f} | {outcome.cpu_seconds:.2f} | {outcome.merge_ms:.1f} |", flush=True)
-        path = draw_side_by_side(image, _panels(outcomes, args.slice),
-                                 args.drawings / f"slicing-{args.visdrone.stem}.jpg")
-        print(f"\n![plain and sliced]({path.as_posix()})\n")
-
-        for extra in args.images:
-            image = cv2.imread(str(extra))
-            height, width = image.shape[:2]
-            print(f"### {extra.name} ({width}x{height}), no ground truth\n")
-            print(f"| way | merge | metric | {label} boxes | runs | latency s | network CPU s | merge ms |")
-            print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
-            outcomes, cache = [], {}
-            for way in candidates:
-                outcome = measure(detector, image, way, args.class_id, args.score, args.ap_score, args.repeat, cache)
-                outcomes.append(outcome)
-                size, method, metric = (way.name.split() + ["-", "-"])[:3]
-                print(f"| {size} | {method} | {metric} | {len(outcome.boxes)} | {outcome.slices} | "
-                      f"{outcome.seconds:.2f} | {outcome.cpu_seconds:.2f} | {outcome.merge_ms:.1f} |", flush=True)
-            path = draw_side_by_side(image, _panels(outcomes, args.slice), args.drawings / f"slicing-{extra.stem}.jpg")
-            print(f"\n![plain and sliced]({path.as_posix()})\n")
+        print(f"Recall at IoU {RECALL_IOU} of boxes scoring above {args.score}; AP50 from boxes scoring above "
+              f"{args.ap_score}. Network wall and CPU time are medians of {args.repeat} passes, shared by the "
+              "ways with the same windows; latency adds the merge and final step.\n")
+        for image_path, truth, class_id in with_truth:
+            _section(detector, cv2.imread(str(image_path)), image_path, truth, class_id, args)
+        for image_path in args.images:
+            _section(detector, cv2.imread(str(image_path)), image_path, None, args.class_id, args)
     finally:
         detector.close()
     return 0
+
+
+def _section(detector, image: np.ndarray, image_path: Path, truth: np.ndarray | None, class_id: int,
+             args: argparse.Namespace) -> None:
+    """One image's table and drawing; recall and AP50 columns when there is ground truth."""
+    height, width = image.shape[:2]
+    labels = detector.labels
+    label = labels[class_id] if 0 <= class_id < len(labels) else str(class_id)
+    windows = plan_slices(width, height, SliceOptions(auto=True), detector.served.model_dir.input_size)
+    auto = f"automatic windows {windows[0][2] - windows[0][0]}x{windows[0][3] - windows[0][1]}"
+    if truth is None:
+        print(f"#### {image_path.name} ({width}x{height}), no ground truth; {auto}\n")
+        print(f"| way | merge | metric | {label} boxes | runs | latency s | network CPU s | merge ms |")
+        print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    else:
+        small = int(((truth[:, 2] - truth[:, 0]) * (truth[:, 3] - truth[:, 1]) < SMALL_AREA).sum())
+        print(f"#### {image_path.name} ({width}x{height}), {len(truth)} {label}s, {small} under 32x32 px; {auto}\n")
+        print("| way | merge | metric | recall | small recall | AP50 | runs | latency s | network CPU s | merge ms |")
+        print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    outcomes: list[Outcome] = []
+    cache: dict[tuple, NetworkRun] = {}
+    for way in ways(args.slice):
+        outcome = measure(detector, image, way, class_id, args.score, args.ap_score, args.repeat, cache)
+        outcomes.append(outcome)
+        size, method, metric = (way.name.split() + ["-", "-"])[:3]
+        if truth is None:
+            found = f"{len(outcome.boxes)}"
+        else:
+            r_all, r_small = recall(truth, outcome.boxes)
+            small_text = _pct(r_small) if small else "-"
+            found = f"{_pct(r_all)} | {small_text} | {_pct(ap50(truth, outcome.ap_boxes, width, height))}"
+        print(f"| {size} | {method} | {metric} | {found} | {outcome.slices} | {outcome.seconds:.2f} | "
+              f"{outcome.cpu_seconds:.2f} | {outcome.merge_ms:.1f} |", flush=True)
+    path = draw_side_by_side(image, _panels(outcomes, args.slice), args.drawings / f"slicing-{image_path.stem}.jpg")
+    print(f"\n![plain and sliced]({path.as_posix()})\n")
 
 
 def _panels(outcomes: Sequence[Outcome], slices: Sequence[int]) -> list[Outcome]:
