@@ -243,3 +243,29 @@ def test_merging_only_removes_boxes_and_is_idempotent_for_nms(rows: np.ndarray, 
     assert (np.diff(once[:, 1]) <= 0).all(), "results come in score order"
     if method == "nms":
         np.testing.assert_array_equal(merge_rows(once, options), once)
+
+
+# ---------------------------------------------------------------------------------------------
+# The report's ground truth and matching
+# ---------------------------------------------------------------------------------------------
+
+
+def test_recall_matches_each_object_once_best_score_first(tmp_path) -> None:
+    from sodd.commands.slice_report import read_coco, read_visdrone, recall
+    from sodd.model.postprocess import Box
+
+    (tmp_path / "a.txt").write_text("0,0,10,10,1,4,0,0\n100,100,40,40,1,4,0,0,\n5,5,10,10,0,0,0,0\n")
+    truth = read_visdrone(tmp_path / "a.txt", category=4)
+    np.testing.assert_array_equal(truth, [[0, 0, 10, 10], [100, 100, 140, 140]])
+    (tmp_path / "a.json").write_text(
+        '{"images": [{"id": 7, "file_name": "sub/a.jpg"}, {"id": 8, "file_name": "b.jpg"}],'
+        ' "annotations": [{"image_id": 7, "bbox": [0, 0, 10, 10]}, {"image_id": 8, "bbox": [1, 1, 1, 1]},'
+        ' {"image_id": 7, "bbox": [100, 100, 40, 40]}]}')
+    np.testing.assert_array_equal(read_coco(tmp_path / "a.json", "a.jpg"), truth)
+
+    def box(score: float, x1: float, y1: float, x2: float, y2: float) -> Box:
+        return Box(2, "car", score, x1, y1, x2, y2)
+
+    # Two boxes on the small object: the better-scoring one claims it, the other finds nothing.
+    assert recall(truth, [box(0.5, 0, 0, 10, 10), box(0.9, 1, 1, 10, 10)]) == (0.5, 1.0)
+    assert recall(truth, [box(0.9, 100, 100, 139, 139), box(0.4, 0, 0, 30, 30)]) == (0.5, 0.0)
