@@ -214,3 +214,23 @@ def test_list_devices_shows_the_cpu_plugin(tiny_daemon: Daemon, client: Client, 
     assert "paddle" in cpu.devices[0].facts
     assert client_main(["--server", tiny_daemon.address, "devices"]) == 0
     assert "cpu: available" in capsys.readouterr().out
+
+
+def test_client_fetches_urls_itself(tiny_daemon: Daemon, visdrone_image: Path, tmp_path: Path) -> None:
+    """An http URL is fetched by the client (the daemon never fetches), and PaddleX's input_path is the URL."""
+    import functools
+    import http.server
+    import json
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(visdrone_image.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/{visdrone_image.name}"
+        assert client_main(["--server", tiny_daemon.address, "detect", url, "--threshold", "0.3",
+                            "--save-json", str(tmp_path)]) == 0
+    finally:
+        server.shutdown()
+    saved = json.loads((tmp_path / f"{visdrone_image.stem}_res.json").read_text())
+    assert saved["input_path"] == url and saved["boxes"]
