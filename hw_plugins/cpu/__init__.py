@@ -8,13 +8,13 @@ oneDNN fails, builds the predictor without it and says so in `notes`.
 
 from __future__ import annotations
 
-import copy
 import os
 import platform
 from collections.abc import Mapping
 
 import numpy as np
 
+from hw_plugins.paddle_predictor import PaddlePredictor
 from sodd.errors import InvalidArgument
 from sodd.modeldir import ModelDir
 from sodd.plugin import DeviceInfo
@@ -22,53 +22,26 @@ from sodd.plugin import DeviceInfo
 PRECISIONS = ("fp32", "bf16")
 
 
-class PaddleCpuPredictor:
-    def __init__(self, model: ModelDir, threads: int, onednn: bool, precision: str = "fp32") -> None:
-        from paddle import inference
+def cpu_config(model: ModelDir, threads: int, onednn: bool, precision: str = "fp32") -> object:
+    """A `paddle.inference.Config` with PaddleX's CPU switches."""
+    from paddle import inference
 
-        config = inference.Config(str(model.model_file), str(model.params_file))
-        config.disable_gpu()
-        if onednn:
-            config.enable_mkldnn()
-            config.set_mkldnn_cache_capacity(10)
-            if precision == "bf16":
-                config.enable_mkldnn_bfloat16()  # oneDNN bf16 kernels; AMX where the CPU has it
-        else:
-            config.disable_mkldnn()
-        config.set_cpu_math_library_num_threads(threads)
-        config.enable_new_ir(True)
-        config.enable_new_executor()
-        config.set_optimization_level(3)
-        config.enable_memory_optim()
-        config.disable_glog_info()
-        self._predictor = inference.create_predictor(config)
-        self._input_names = tuple(self._predictor.get_input_names())
-        self._output_names = tuple(self._predictor.get_output_names())
-        self.onednn = onednn
-        self.precision = precision if onednn else "fp32"
-        self.notes = ""
-
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return self._input_names
-
-    def clone(self) -> PaddleCpuPredictor:
-        """Another instance sharing this one's weights, for a second worker thread."""
-        twin = copy.copy(self)
-        twin._predictor = self._predictor.clone()
-        return twin
-
-    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        for name in self._input_names:
-            handle = self._predictor.get_input_handle(name)
-            array = np.ascontiguousarray(inputs[name])
-            handle.reshape(array.shape)
-            handle.copy_from_cpu(array)
-        self._predictor.run()
-        return [self._predictor.get_output_handle(n).copy_to_cpu() for n in self._output_names]
-
-    def close(self) -> None:
-        self._predictor = None
+    config = inference.Config(str(model.model_file), str(model.params_file))
+    config.disable_gpu()
+    if onednn:
+        config.enable_mkldnn()
+        config.set_mkldnn_cache_capacity(10)
+        if precision == "bf16":
+            config.enable_mkldnn_bfloat16()  # oneDNN bf16 kernels; AMX where the CPU has it
+    else:
+        config.disable_mkldnn()
+    config.set_cpu_math_library_num_threads(threads)
+    config.enable_new_ir(True)
+    config.enable_new_executor()
+    config.set_optimization_level(3)
+    config.enable_memory_optim()
+    config.disable_glog_info()
+    return config
 
 
 def smoke_inputs(model: ModelDir, input_names: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -101,7 +74,7 @@ class CpuPlugin:
             return [DeviceInfo("cpu", False, reason, facts)]
         return [DeviceInfo("cpu", True, "", facts)]
 
-    def load(self, model: ModelDir, device: str, options: Mapping[str, str]) -> PaddleCpuPredictor:
+    def load(self, model: ModelDir, device: str, options: Mapping[str, str]) -> PaddlePredictor:
         threads = int(options.get("threads") or os.cpu_count() or 1)
         onednn = options.get("onednn", "on") != "off"
         precision = options.get("precision", "fp32")
@@ -109,17 +82,15 @@ class CpuPlugin:
             raise InvalidArgument(f"device {device}: precision must be one of {list(PRECISIONS)} "
                                   f"(bf16 needs onednn=on), got {precision!r}")
         if not onednn:
-            return PaddleCpuPredictor(model, threads, onednn=False)
+            return PaddlePredictor(cpu_config(model, threads, onednn=False))
         try:
-            predictor = PaddleCpuPredictor(model, threads, onednn=True, precision=precision)
+            notes = "Paddle Inference with oneDNN bf16 kernels" if precision == "bf16" else ""
+            predictor = PaddlePredictor(cpu_config(model, threads, True, precision), notes)
             predictor.run(smoke_inputs(model, predictor.input_names))
-            if precision == "bf16":
-                predictor.notes = "Paddle Inference with oneDNN bf16 kernels"
             return predictor
         except Exception as exc:  # noqa: BLE001 - any oneDNN failure falls back to plain kernels
-            predictor = PaddleCpuPredictor(model, threads, onednn=False)
-            predictor.notes = f"oneDNN disabled: this paddle build failed to run the program with it ({exc})"
-            return predictor
+            return PaddlePredictor(cpu_config(model, threads, onednn=False),
+                                   f"oneDNN disabled: this paddle build failed to run the program with it ({exc})")
 
     def close(self) -> None:
         pass
