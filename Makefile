@@ -17,6 +17,9 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON310) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip
 	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[test]'
+	# SAHI, only for the slicing-agreement tests: its releases require an OpenCV that needs numpy 2,
+	# which Paddle Lite cannot run with, and the merge functions compared need none of that.
+	$(VENV)/bin/pip install $(PIP_FLAGS) --no-deps 'sahi==0.12.*'
 	touch $@
 
 # PaddleX itself, in its own environment (it needs opencv-contrib-python, which cannot share one
