@@ -50,6 +50,18 @@ class ModelManager:
         self._recheck: asyncio.TimerHandle | None = None
         self._watch_task: asyncio.Task | None = None
 
+    def update_config(self, config: ServeConfig) -> None:
+        """Take a reloaded configuration (SIGHUP): models added, removed or changed in it follow at
+        the next reconcile; a changed model reloads its versions beside the serving ones."""
+        roots_before = self.watch_roots()
+        self._config = config
+        self._explicit = {m.name: ModelSource(m, True) for m in config.models}
+        for source in self._explicit.values():
+            self._registry.register_config(source.config)
+        if self._watch_task is not None and self.watch_roots() != roots_before:
+            self._watch_task.cancel()
+            self.start_watching()
+
     # -- sources ---------------------------------------------------------------------------
 
     def sources(self) -> dict[str, ModelSource]:
@@ -144,7 +156,8 @@ class ModelManager:
             desired = set(source.config.version_policy.select(sorted(available))) | (pinned & available)
             serving = self._registry.versions(name)
             todo = [v for v in desired if v in candidates
-                    and (v not in serving or serving[v].fingerprint != candidates[v].fingerprint)]
+                    and (v not in serving or serving[v].fingerprint != candidates[v].fingerprint
+                         or serving[v].config != source.config)]
             if not todo:
                 break
             version = max(todo)

@@ -140,7 +140,11 @@ async def serve(config: ServeConfig, reload_config: Callable[[], ServeConfig] | 
     notifier.ready(status())
     # SIGHUP (systemd's ExecReload) runs these in order: configuration and certificates, then the
     # model directories. Anything else that must follow a reload appends its own coroutine function.
-    reload_callbacks: list[ReloadCallback] = [settings.reload, manager.reconcile]
+    async def follow_models() -> None:
+        manager.update_config(settings.config)
+        await manager.reconcile()
+
+    reload_callbacks: list[ReloadCallback] = [settings.reload, follow_models]
     signal_name = (await run_until_stopped(signals, notifier, reload_callbacks, status)).name
     timeout = settings.config.drain_timeout_seconds
     log.info("%s: refusing new requests, letting %d in-flight ones finish (up to %.0f s)", signal_name,

@@ -2,8 +2,9 @@
 
 Certificates and the tokens file are re-read on every reload, and the drain timeout is read when
 the daemon stops; a reload that fails (a bad file, a configuration error) raises and leaves
-everything as it was. Every other option is fixed when the server starts (listeners, limits, the
-models' settings), so a change to one is logged as needing a restart.
+everything as it was. Models (added, removed or changed, and the repository) follow through the
+model manager. Every other option is fixed when the server starts (listeners, limits), so a
+change to one is logged as needing a restart.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from sodd.listeners import CertificateStore, TlsFiles
 
 log = logging.getLogger(__name__)
 # What a reload applies; a change to any other option waits for a restart.
-LIVE = ("tls_cert", "tls_key", "tls_client_ca", "tokens_file", "drain_timeout_seconds")
+LIVE = ("tls_cert", "tls_key", "tls_client_ca", "tokens_file", "drain_timeout_seconds",
+        # applied by the model manager, which reloads what changed beside what serves
+        "models", "model_repository", "repository_defaults")
 
 
 class Settings:
