@@ -38,7 +38,9 @@ def test_ready_watchdog_reload_and_stopping(tiny_model_dirs: dict[str, Path], tm
     text = f'[models.tiny]\npath = "{tiny_model_dirs["both"]}"\n'
     config.write_text(text)
     monkeypatch.setenv("NOTIFY_SOCKET", listener.address)
-    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # pings every 0.1 s
+    # Pings every 0.5 s; a gap up to 1 s is what systemd would tolerate (slow CI machines stall
+    # the loop for a few tenths of a second now and then).
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")
     daemon = start_daemon(["--config", str(config)], tmp_path / "daemon.log")
     monkeypatch.delenv("NOTIFY_SOCKET")
     try:
@@ -47,11 +49,11 @@ def test_ready_watchdog_reload_and_stopping(tiny_model_dirs: dict[str, Path], tm
         assert messages[0][1] == {"STATUS": "loading models"}
         assert "tiny" in messages[ready][1]["STATUS"] and daemon.address in messages[ready][1]["STATUS"]
 
-        time.sleep(0.8)
-        # Counted from READY: while models load, the loop may be busy for longer than 0.1 s at a time.
+        time.sleep(2.6)
+        # Counted from READY: while models load, the loop may be busy for longer at a time.
         pings = [t for t, f in listener.snapshot()[ready:] if f.get("WATCHDOG") == "1"]
         assert len(pings) >= 4, listener.snapshot()
-        assert max(b - a for a, b in zip(pings[:-1], pings[1:], strict=True)) < 0.2  # well inside WATCHDOG_USEC
+        assert max(b - a for a, b in zip(pings[:-1], pings[1:], strict=True)) < 1.0  # inside WATCHDOG_USEC
 
         mark = len(listener.snapshot())
         daemon.process.send_signal(signal.SIGHUP)
