@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from sodd_client import Client
+
 from tests.conftest import start_daemon
 
 
