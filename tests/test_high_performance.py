@@ -68,10 +68,13 @@ def test_numpy_nms_at_detector_scale_and_with_nothing_kept() -> None:
     xy = rng.uniform(0, 600, (2, 8400, 2))
     boxes = np.concatenate([xy, xy + rng.uniform(4, 60, (2, 8400, 2))], -1).astype(np.float32)
     scores = (rng.uniform(0, 1, (2, 10, 8400)) ** 4).astype(np.float32)
-    for params in (NmsParams(), NmsParams(keep_top_k=100, nms_top_k=500), NmsParams(keep_top_k=-1, nms_top_k=300)):
-        expected, expected_counts = paddle_nms(boxes, scores, params)
-        rows, counts = multiclass_nms(boxes, scores, params)
-        assert np.array_equal(counts, expected_counts) and np.array_equal(rows, expected)
+    tied = np.round(scores, 2).astype(np.float32)  # many ties where the first walk's candidate set is cut
+    for params, s in ((NmsParams(), scores), (NmsParams(keep_top_k=100, nms_top_k=500), scores),
+                      (NmsParams(keep_top_k=-1, nms_top_k=300), scores), (NmsParams(keep_top_k=100), tied),
+                      (NmsParams(keep_top_k=300, nms_threshold=0.95), tied)):
+        expected, expected_counts = paddle_nms(boxes, s, params)
+        rows, counts = multiclass_nms(boxes, s, params)
+        assert np.array_equal(counts, expected_counts) and np.array_equal(rows, expected), params
     rows, counts = multiclass_nms(boxes, np.zeros_like(scores), NmsParams())
     assert rows.shape == (0, 6) and counts.tolist() == [0, 0]
 

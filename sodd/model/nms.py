@@ -24,6 +24,7 @@ import numpy as np
 # keep_top_k within the first few hundred candidates.
 _FIRST_BLOCK = 64
 _MAX_BLOCK = 512
+_MIN_PREFIX = 1024  # candidates walked first (at least 4 x keep_top_k)
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,6 @@ def _nms_one_image(boxes: np.ndarray, scores: np.ndarray, p: NmsParams) -> np.nd
     if p.nms_eta < 1:
         return _nms_one_image_adaptive(boxes, scores, p)
     areas = _areas(boxes, p.normalized)
-    # Candidates of every class, each class cut to its best nms_top_k (stable: ties by index).
     mask = scores > np.float32(p.score_threshold)
     if 0 <= p.background_label < scores.shape[0]:
         mask[p.background_label] = False
@@ -112,23 +112,39 @@ def _nms_one_image(boxes: np.ndarray, scores: np.ndarray, p: NmsParams) -> np.nd
     if cls.size == 0:
         return np.zeros((0, 6), dtype=np.float32)
     score = scores[cls, idx]
-    by_class = np.lexsort((idx, -score, cls))
-    cls, idx, score = cls[by_class], idx[by_class], score[by_class]
-    counts = np.bincount(cls, minlength=scores.shape[0])
-    rank = np.arange(cls.size) - (np.cumsum(counts) - counts)[cls]
-    if p.nms_top_k > -1:
-        top = rank < p.nms_top_k
-        cls, idx, score, rank = cls[top], idx[top], score[top], rank[top]
-    # Greedy NMS of each class only looks at that class's better boxes, so all classes can be walked
-    # together in the order keep_top_k ranks survivors (score, then class, then NMS order): the first
-    # keep_top_k kept are the answer, and the walk stops there.
-    order = np.lexsort((rank, cls, -score))
-    cls, idx = cls[order], idx[order]
     limit = p.keep_top_k if p.keep_top_k > -1 else cls.size
+    prefix = max(4 * limit, _MIN_PREFIX)
+    if cls.size > prefix:
+        # Most images reach keep_top_k among their best few hundred candidates: walk those first.
+        # Taking every candidate scoring at least the prefix-th best keeps score ties whole, so the
+        # set is a prefix of the walk order and every decision in it is final.
+        first = score >= np.partition(score, cls.size - prefix)[cls.size - prefix]
+        rows, complete = _walk(boxes, areas, scores, cls[first], idx[first], score[first], p, limit)
+        if complete:
+            return rows
+    return _walk(boxes, areas, scores, cls, idx, score, p, limit)[0]
+
+
+def _walk(boxes: np.ndarray, areas: np.ndarray, scores: np.ndarray, cls: np.ndarray, idx: np.ndarray,
+          score: np.ndarray, p: NmsParams, limit: int) -> tuple[np.ndarray, bool]:
+    """Greedy NMS of every class at once; also says whether `limit` boxes were kept.
+
+    Greedy NMS of a class only looks at that class's better boxes, so all classes can be walked
+    together in the order keep_top_k ranks survivors (score, then class, then index, as the kernel's
+    stable sorts leave them): the first `limit` kept are the answer, and the walk stops there.
+    """
+    order = np.lexsort((idx, cls, -score))
+    cls, idx = cls[order], idx[order]
+    if p.nms_top_k > -1:  # each class's best nms_top_k: its rank among its own class in the walk
+        by_class = np.argsort(cls, kind="stable")
+        counts = np.bincount(cls, minlength=scores.shape[0])
+        rank = np.empty(cls.size, dtype=np.int64)
+        rank[by_class] = np.arange(cls.size) - np.repeat(np.cumsum(counts) - counts, counts)
+        cls, idx = cls[rank < p.nms_top_k], idx[rank < p.nms_top_k]
     threshold = np.float32(p.nms_threshold)
     kept: list[int] = []  # positions in the walk
     start, block = 0, _FIRST_BLOCK
-    while start < cls.size:
+    while start < cls.size and len(kept) < limit:
         stop = min(start + block, cls.size)
         c_chunk, b_chunk, a_chunk = cls[start:stop], boxes[idx[start:stop]], areas[idx[start:stop]]
         removed = np.zeros(stop - start, dtype=bool)
@@ -145,12 +161,11 @@ def _nms_one_image(boxes: np.ndarray, scores: np.ndarray, p: NmsParams) -> np.nd
             if len(kept) == limit:
                 break
             removed[i + 1:] |= suppress[i, i + 1:]
-        if len(kept) == limit:
-            break
         start, block = stop, min(2 * block, _MAX_BLOCK)
-    k = np.array(kept)
+    k = np.array(kept, dtype=np.int64)
     k = k[np.argsort(cls[k], kind="stable")]  # classes ascending, each in NMS order
-    return np.column_stack([cls[k].astype(np.float32), scores[cls[k], idx[k]], boxes[idx[k]]]).astype(np.float32)
+    rows = np.column_stack([cls[k].astype(np.float32), scores[cls[k], idx[k]], boxes[idx[k]]]).astype(np.float32)
+    return rows, len(kept) == limit
 
 
 def _nms_one_image_adaptive(boxes: np.ndarray, scores: np.ndarray, p: NmsParams) -> np.ndarray:
