@@ -111,7 +111,10 @@ def rows_on(predictor, model_dir: Path, images: list[np.ndarray]) -> list[np.nda
 
 @pytest.fixture(scope="module")
 def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("onnx-cache")
+    """Laid out like the default cache (`$CACHE_DIRECTORY/onnx`), so the registry test reuses it."""
+    path = tmp_path_factory.mktemp("cache") / "onnx"
+    path.mkdir()
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -252,19 +255,19 @@ def test_selection_falls_back_to_paddle_fp32_when_nothing_else_agrees(sod_model_
 
 @needs_onnx
 def test_registry_serves_the_selected_backend_and_names_it(
-        tiny_model_dirs: dict[str, Path], onnx_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        sod_model_dir: Path, onnx_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from sodd.config import ModelConfig
     from sodd.plugin import discover_plugins
     from sodd.registry import ModelRegistry
 
-    monkeypatch.setenv("CACHE_DIRECTORY", str(onnx_cache.parent / "registry-cache"))
+    monkeypatch.setenv("CACHE_DIRECTORY", str(onnx_cache.parent))
     plugins, _ = discover_plugins()
     registry = ModelRegistry(plugins, max_pending=4, cpu_threads=2)
     try:
-        served = registry.load(ModelConfig(name="tiny", path=tiny_model_dirs["both"], high_performance=True))
+        served = registry.load(ModelConfig(name="sod", path=sod_model_dir, high_performance=True))
         assert served.device in ("cpu", "cpu?precision=bf16", "openvino", "openvino?precision=bf16", "onnxruntime")
         assert served.notes.startswith(f"high-performance: {served.device} (")
-        assert registry.statuses()["tiny"][1].reason == served.notes  # what GetModel shows as state_reason
+        assert registry.statuses()["sod"][1].reason == served.notes  # what GetModel shows as state_reason
     finally:
         registry.close()
 
