@@ -127,6 +127,13 @@ def markdown(name: str, report: dict, ms: Sequence[Measurement], plot: str | Non
              "- Images: " + "; ".join(f"{label}: {info}" for label, info in report["images"].items()),
              f"- {settings['requests']} measured requests per row after {settings['warmup']} (at least one per "
              f"client) unmeasured; latency is client send to client receive (per loop iteration for loops)"]
+    # Before the run the machine should idle; at its end the run's own work counts too (about the cores).
+    start, end = machine.get("load_average_start"), machine.get("load_average_end")
+    busy = [x for x in (start[0] if start else None, end[0] if end else None) if x is not None]
+    if (start and start[0] > 0.5 * machine["cores"]) or (end and end[0] > 1.5 * machine["cores"]):
+        lines.append(f"- **The machine had other work running** (1-minute load average up to {max(busy):g} on "
+                     f"{machine['cores']} cores, this run's own load included): compare rows of this run with "
+                     "each other, not with other machines or runs")
     for variant, args in settings.get("variants", {}).items():
         lines.append(f"- Daemon {variant}: `sodd serve {' '.join(args) or '(defaults)'}`")
     for system, why in report["skipped"].items():

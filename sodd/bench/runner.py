@@ -1,12 +1,14 @@
 """One benchmark run: every system on the same model directory and images, one after another.
 
-Order: plain loops, PaddleX's predict loop, sodd, then PaddleX's serving, so that no two systems
-compete for the cores; each server is stopped before the next one starts.
+Order: the plain loops and PaddleX's predict loop (each in its own process, one after another),
+then the servers: sodd (each variant) and PaddleX's serving, measured in turn at each image size
+and concurrency. Nothing is measured while another system works.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,27 +76,39 @@ def run(plan: Plan, progress: Callable[[Measurement], None] = lambda m: None) ->
         for m in predicted.measurements:
             record(m)
 
-    if plan.address is not None:
-        _load_sodd(plan, plan.address, plan.model, "", record)
-    else:
-        for variant, serve_args in plan.variants:
-            log_path = plan.workdir / f"sodd-serve{'-' + variant if variant else ''}.log"
-            with BenchDaemon(plan.model_dir, log_path, serve_args) as daemon:
-                _load_sodd(plan, daemon.address, MODEL_NAME, variant, record)
-
-    if python is not None and plan.paddlex_serving:
-        with pdx.PaddlexServer(python, model, plan.threads, plan.workdir) as server:
-            for images in plan.image_sets:
-                for c in plan.concurrency:
-                    record(http_load.measure(server.url, images.encoded, images.label, c, plan.requests,
-                                             max(plan.warmup, c), plan.timeout))
+    # The servers start together and are measured in turn at each point, so a change in the
+    # machine's other load between points hits sodd and PaddleX's serving alike. An idle server
+    # only waits on its socket.
+    with contextlib.ExitStack() as stack:
+        servers: list[Callable[[ImageSet, int], Measurement]] = []
+        if plan.address is not None:
+            servers.append(_sodd_point(plan, plan.address, plan.model, ""))
+        else:
+            for variant, serve_args in plan.variants:
+                log_path = plan.workdir / f"sodd-serve{'-' + variant if variant else ''}.log"
+                daemon = stack.enter_context(BenchDaemon(plan.model_dir, log_path, serve_args))
+                servers.append(_sodd_point(plan, daemon.address, MODEL_NAME, variant))
+        if python is not None and plan.paddlex_serving:
+            server = stack.enter_context(pdx.PaddlexServer(python, model, plan.threads, plan.workdir))
+            servers.append(_http_point(plan, server.url))
+        for images in plan.image_sets:
+            for c in plan.concurrency:
+                for measure in servers:
+                    record(measure(images, c))
     return outcome
 
 
-def _load_sodd(plan: Plan, address: str, model: str, variant: str, record: Callable[[Measurement], None]) -> None:
-    for images in plan.image_sets:
-        for c in plan.concurrency:
-            result = asyncio.run(run_load(address, images.encoded, c, plan.requests, model=model,
-                                          warmup=max(plan.warmup, c), timeout=plan.timeout))
-            record(Measurement("sodd", variant, images.label, c, plan.requests, result.ok, result.seconds,
-                               result.latencies, result.errors, result.stage_means()))
+def _sodd_point(plan: Plan, address: str, model: str, variant: str) -> Callable[[ImageSet, int], Measurement]:
+    def measure(images: ImageSet, c: int) -> Measurement:
+        result = asyncio.run(run_load(address, images.encoded, c, plan.requests, model=model,
+                                      warmup=max(plan.warmup, c), timeout=plan.timeout))
+        return Measurement("sodd", variant, images.label, c, plan.requests, result.ok, result.seconds,
+                           result.latencies, result.errors, result.stage_means())
+    return measure
+
+
+def _http_point(plan: Plan, url: str) -> Callable[[ImageSet, int], Measurement]:
+    def measure(images: ImageSet, c: int) -> Measurement:
+        return http_load.measure(url, images.encoded, images.label, c, plan.requests, max(plan.warmup, c),
+                                 plan.timeout)
+    return measure
