@@ -64,6 +64,9 @@ class ServeConfig:
     max_stream_frames: int = 4
     # DetectStream calls open at once; one more is refused with RESOURCE_EXHAUSTED.
     max_streams: int = 16
+    # Calls in progress in the whole daemon (streams included); gRPC refuses the next one with
+    # RESOURCE_EXHAUSTED before reading it. With max_message_bytes this bounds request memory.
+    max_concurrent_rpcs: int = 128
     # Images one DetectBatch may carry; checked before anything is decoded.
     max_request_images: int = 64
     # Threads for decoding and preprocessing (they release the GIL inside OpenCV).
@@ -112,8 +115,9 @@ class ServeConfig:
             raise ValueError("max_message_bytes must be at least 1024")
         if self.settle_seconds < 0 or self.debounce_seconds <= 0:
             raise ValueError("settle_seconds must be >= 0 and debounce_seconds > 0")
-        if self.max_stream_frames < 1 or self.max_streams < 1 or self.max_request_images < 1:
-            raise ValueError("max_stream_frames, max_streams and max_request_images must be at least 1")
+        if min(self.max_stream_frames, self.max_streams, self.max_request_images, self.max_concurrent_rpcs) < 1:
+            raise ValueError("max_stream_frames, max_streams, max_request_images and max_concurrent_rpcs "
+                             "must be at least 1")
         if self.max_pending < 1 or self.preprocess_workers < 1:
             raise ValueError("max_pending and preprocess_workers must be at least 1")
         host_port = self.metrics_listen.rpartition(":")

@@ -111,7 +111,9 @@ async def serve(config: ServeConfig, reload_config: Callable[[], ServeConfig] | 
     if settings.tokens is not None:
         settings.tokens.default_model = lambda: registry.default_name
         interceptors.append(settings.tokens)
-    server = grpc.aio.server(interceptors=interceptors, options=[
+    # gRPC itself bounds the calls in progress: beyond that it answers RESOURCE_EXHAUSTED without
+    # reading the request, so a flood cannot pile requests up in memory faster than the loop refuses them.
+    server = grpc.aio.server(interceptors=interceptors, maximum_concurrent_rpcs=config.max_concurrent_rpcs, options=[
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
     ])

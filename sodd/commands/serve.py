@@ -74,6 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-stream-frames", type=int, default=None,
                    help="frames a DetectStream may have in the daemon at once (default 4)")
     p.add_argument("--max-streams", type=int, default=None, help="DetectStream calls open at once (default 16)")
+    p.add_argument("--max-concurrent-rpcs", type=int, default=None,
+                   help="calls in progress in the daemon before gRPC refuses more (default 128)")
     p.add_argument("--max-request-images", type=int, default=None, help="images per DetectBatch (default 64)")
     p.add_argument("--max-image-megapixels", type=float, default=None, help="default 50")
     p.add_argument("--max-message-mb", type=float, default=None, help="default 64")
@@ -108,6 +110,7 @@ SIMPLE_FLAGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "max_pending": ("max_pending", int),
     "max_stream_frames": ("max_stream_frames", int),
     "max_streams": ("max_streams", int),
+    "max_concurrent_rpcs": ("max_concurrent_rpcs", int),
     "max_request_images": ("max_request_images", int),
     "metrics_listen": ("metrics_listen", str),
     "log_format": ("log_format", str),

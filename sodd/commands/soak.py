@@ -53,6 +53,7 @@ class Window:
     cancelled: int = 0
     latencies: list[float] = field(default_factory=list)
     rss_kib: int = 0
+    failures: dict[str, int] = field(default_factory=dict)  # status code -> count
 
     def summary(self) -> dict:
         p99 = float(np.percentile(self.latencies, 99)) if self.latencies else None
@@ -128,6 +129,7 @@ async def soak(args: argparse.Namespace, address: str, pid: int, model_root: Pat
                 w.lost += 1
             else:
                 w.failed += 1
+                w.failures[exc.code().name] = w.failures.get(exc.code().name, 0) + 1
 
     async def cancelling_burst() -> None:
         burst = [asyncio.ensure_future(client.detect(image, "soak")) for _ in range(8)]
@@ -170,7 +172,11 @@ async def soak(args: argparse.Namespace, address: str, pid: int, model_root: Pat
     await sampler
     await client.close()
     rows = [w.summary() for w in windows]
-    totals = {k: sum(r[k] for r in rows) for k in ("served", "refused", "failed", "lost", "cancelled")}
+    totals: dict = {k: sum(r[k] for r in rows) for k in ("served", "refused", "failed", "lost", "cancelled")}
+    totals["failures"] = {}
+    for r in rows:
+        for code, n in r["failures"].items():
+            totals["failures"][code] = totals["failures"].get(code, 0) + n
     after_5min = [r["rss_kib"] for r in rows if r["start_s"] >= 300 and r["rss_kib"]]
     growth = (after_5min[-1] / after_5min[0] - 1) if len(after_5min) >= 2 else None
     return {"capacity_rps": round(capacity, 2), "offered_rps": round(rate, 2), "minutes": args.minutes,
