@@ -59,8 +59,11 @@ def test_sigterm_under_load_answers_every_accepted_request(tiny_model_dirs: dict
         threads = [threading.Thread(target=client_loop) for _ in range(CLIENTS)]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 60
-        while len(records) < 5 * CLIENTS and time.monotonic() < deadline:
+        load_started = time.monotonic()
+        deadline = load_started + 60
+        # Enough answered requests, and load for long enough that some were sent well before the signal.
+        while (len(records) < 5 * CLIENTS or time.monotonic() - load_started < 3 * IN_TRANSIT_MARGIN) \
+                and time.monotonic() < deadline:
             time.sleep(0.02)
         signalled = time.monotonic()
         daemon.process.send_signal(signal.SIGTERM)

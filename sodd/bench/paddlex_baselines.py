@@ -29,9 +29,11 @@ CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def find_python(explicit: str | None = None) -> Path | None:
+    """The first interpreter named: --paddlex-python, then $SODD_PADDLEX_PYTHON, then the checkout's
+    .venv-paddlex. One that is named but missing is reported missing, never silently replaced."""
     for candidate in (explicit, os.environ.get("SODD_PADDLEX_PYTHON"), CHECKOUT / ".venv-paddlex" / "bin" / "python"):
-        if candidate and Path(candidate).exists():
-            return Path(candidate)
+        if candidate:
+            return Path(candidate) if Path(candidate).exists() else None
     return None
 
 
