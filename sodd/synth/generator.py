@@ -5,7 +5,7 @@ only on the seed, its split and its index):
 - background: a two-colour gradient plus multi-scale value noise, then clutter that is not any
   class: irregular polygons, thin line segments and elongated ellipses, some of them outlines;
 - objects: 6..28 per image, size log-uniform in [min_size, max_size] px (defaults 7..44, so about
-  85% are under 32x32), random colour kept at least 45 grey levels away from the local background,
+  79% have both sides under 32 px), random colour kept at least 45 grey levels away from the local background,
   rotation, aspect jitter and a shaded texture;
 - occlusion: objects and late clutter may cover earlier objects; an object stays annotated while
   at least `min_visible` of it is visible, with its full (amodal) box;
