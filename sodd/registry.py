@@ -207,7 +207,10 @@ class ModelRegistry:
     def _load(self, config: ModelConfig, version: int, path: Path, fingerprint: tuple) -> ServedModel:
         model_dir = read_model_dir(path)
         if config.high_performance:
-            return self._load_high_performance(config, version, model_dir, fingerprint)
+            # The fastest CPU backend whose boxes agree with Paddle fp32; its label names the device.
+            selection = select_backend(model_dir, lambda spec: self._load_on(model_dir, spec), name=config.name)
+            return self._warm(config, version, model_dir, fingerprint, selection.device_label,
+                              selection.predictor, [selection.summary()])
         failures = []
         for device in config.devices:
             try:
@@ -216,31 +219,17 @@ class ModelRegistry:
                 failures.append(f"{device.name}: {getattr(exc, 'message', exc)}")
                 log.warning("model %s version %d: cannot load on %s: %s", config.name, version, device.name, exc)
                 continue
-            served = ServedModel(
-                config=config, version=version, model_dir=model_dir, device=device.name,
-                runner=ModelRunner(self._instances(predictor, config), self._max_pending, config.name,
-                                   config.max_batch_size, config.max_queue_delay_seconds),
-                notes="; ".join(failures + ([predictor.notes] if predictor.notes else [])),
-                fingerprint=fingerprint,
-            )
-            try:
-                warm_up(served)
-            except Exception:
-                served.runner.close()
-                raise
-            return served
+            return self._warm(config, version, model_dir, fingerprint, device.name, predictor, failures)
         raise FailedPrecondition(f"model {config.name} could not be loaded on any device: " + "; ".join(failures))
 
-    def _load_high_performance(self, config: ModelConfig, version: int, model_dir: ModelDir,
-                               fingerprint: tuple) -> ServedModel:
-        """The fastest CPU backend whose boxes agree with Paddle fp32; its label names the device."""
-        selection = select_backend(model_dir, lambda spec: self._load_on(model_dir, spec), name=config.name)
-        predictor = selection.predictor
+    def _warm(self, config: ModelConfig, version: int, model_dir: ModelDir, fingerprint: tuple, device: str,
+              predictor: Predictor, notes: list[str]) -> ServedModel:
+        """Wrap a loaded predictor (and its clones) in a runner and warm it up; close it if that fails."""
         served = ServedModel(
-            config=config, version=version, model_dir=model_dir, device=selection.device_label,
+            config=config, version=version, model_dir=model_dir, device=device,
             runner=ModelRunner(self._instances(predictor, config), self._max_pending, config.name,
                                config.max_batch_size, config.max_queue_delay_seconds),
-            notes="; ".join([selection.summary()] + ([predictor.notes] if predictor.notes else [])),
+            notes="; ".join(notes + ([predictor.notes] if predictor.notes else [])),
             fingerprint=fingerprint,
         )
         try:
