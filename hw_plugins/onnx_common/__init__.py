@@ -162,3 +162,24 @@ def run_per_image(run, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     batch = next(iter(inputs.values())).shape[0]
     parts = [run({n: a[i:i + 1] for n, a in inputs.items()}) for i in range(batch)]
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
+class CutGraphPredictor:
+    """What the ONNX Runtime and OpenVINO predictors share: feed the graph cut before its NMS
+    (one image at a time when the graph's batch is fixed at 1), then apply Paddle's NMS.
+    Subclasses set `_input_names`, `_per_image` and `_nms`, and implement `_run_graph`."""
+
+    _input_names: tuple[str, ...]
+    _per_image: bool
+    _nms: NmsParams | None
+
+    def _run_graph(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        feeds = {n: inputs[n] for n in self._input_names}
+        if self._per_image and feeds[self._input_names[0]].shape[0] > 1:
+            outputs = run_per_image(self._run_graph, feeds)
+        else:
+            outputs = self._run_graph(feeds)
+        return finish_outputs(outputs, self._nms)

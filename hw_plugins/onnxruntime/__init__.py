@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from hw_plugins.onnx_common import (
+    CutGraphPredictor,
     OnnxProgram,
     batch_of_one,
     default_onnx_cache,
-    finish_outputs,
     onnx_program,
     package_version,
-    run_per_image,
 )
 from sodd.errors import InvalidArgument
 from sodd.modeldir import ModelDir
@@ -31,7 +30,7 @@ from sodd.plugin import DeviceInfo
 OPTIONS = ("threads", "cache_dir")
 
 
-class OrtPredictor:
+class OrtPredictor(CutGraphPredictor):
     def __init__(self, program: OnnxProgram, threads: int) -> None:
         import onnxruntime as ort
 
@@ -58,14 +57,6 @@ class OrtPredictor:
 
     def _run_graph(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         return self._session.run(None, {n: np.ascontiguousarray(inputs[n]) for n in self._input_names})
-
-    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        feeds = {n: inputs[n] for n in self._input_names}
-        if self._per_image and feeds[self._input_names[0]].shape[0] > 1:
-            outputs = run_per_image(self._run_graph, feeds)
-        else:
-            outputs = self._run_graph(feeds)
-        return finish_outputs(outputs, self._nms)
 
     def close(self) -> None:
         self._session = None

@@ -15,13 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from hw_plugins.onnx_common import (
+    CutGraphPredictor,
     OnnxProgram,
     batch_of_one,
     default_onnx_cache,
-    finish_outputs,
     onnx_program,
     package_version,
-    run_per_image,
 )
 from sodd.errors import InvalidArgument
 from sodd.modeldir import ModelDir
@@ -31,7 +30,7 @@ OPTIONS = ("threads", "cache_dir", "precision")
 PRECISIONS = ("f32", "bf16")
 
 
-class OpenVinoPredictor:
+class OpenVinoPredictor(CutGraphPredictor):
     def __init__(self, program: OnnxProgram, threads: int, precision: str) -> None:
         import openvino as ov
 
@@ -66,14 +65,6 @@ class OpenVinoPredictor:
     def _run_graph(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         result = self._request.infer({i: np.ascontiguousarray(inputs[n]) for i, n in enumerate(self._input_names)})
         return [np.array(result[out], copy=True) for out in self._compiled.outputs]
-
-    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        feeds = {n: inputs[n] for n in self._input_names}
-        if self._per_image and feeds[self._input_names[0]].shape[0] > 1:
-            outputs = run_per_image(self._run_graph, feeds)
-        else:
-            outputs = self._run_graph(feeds)
-        return finish_outputs(outputs, self._nms)
 
     def close(self) -> None:
         self._request = None
