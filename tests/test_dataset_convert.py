@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -11,40 +10,17 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from sodd.commands import dataset as dataset_command
 from sodd.datasets import atomic
 from sodd.datasets.check import check_dataset
 from sodd.datasets.convert import convert_dataset
 from sodd.datasets.errors import ConvertFailedError
+from tests.dataset_helpers import run_cli, snapshot
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 VISDRONE = SHARED / "visdrone"
 needs_shared = pytest.mark.skipif(
     not VISDRONE.is_dir(), reason=f"real test data absent: {VISDRONE} (../shared/data is not beside the repository)"
 )
-
-
-def snapshot(root: Path) -> dict[str, Any]:
-    """Every file and link under `root` with its content and mode."""
-    state: dict[str, Any] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath) / name
-            rel = path.relative_to(root).as_posix()
-            if path.is_symlink():
-                state[rel] = ("link", os.readlink(path))
-            elif path.is_file():
-                state[rel] = ("file", path.read_bytes(), path.stat().st_mode)
-            else:
-                state[rel] = ("dir",)
-    return state
-
-
-def run_cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser()
-    dataset_command.register(parser.add_subparsers())
-    args = parser.parse_args(["dataset", *argv])
-    return args.func(args)
 
 
 def _json(path: Path) -> Any:
