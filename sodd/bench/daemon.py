@@ -12,7 +12,28 @@ from pathlib import Path
 MODEL_NAME = "bench"
 
 
-class BenchDaemon:
+class ChildServer:
+    """A server process the benchmark started and must stop, whatever happens: terminate, then kill."""
+
+    _process: subprocess.Popen
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(30)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+    def __enter__(self) -> ChildServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class BenchDaemon(ChildServer):
     def __init__(self, model_dir: Path, log_path: Path, serve_args: Sequence[str] = (),
                  timeout: float = 300.0) -> None:
         cmd = [sys.executable, "-m", "sodd.cli", "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "",
@@ -38,18 +59,3 @@ class BenchDaemon:
                 return match.group(1)
         self.stop()
         raise TimeoutError(f"sodd serve did not listen within {timeout:g} s; its log is {self.log_path}")
-
-    def stop(self) -> None:
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(30)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-
-    def __enter__(self) -> BenchDaemon:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from sodd.bench.daemon import ChildServer
 from sodd.bench.images import ImageSet
 from sodd.bench.stats import Measurement
 from sodd.modeldir import ModelDir
@@ -95,7 +96,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class PaddlexServer:
+class PaddlexServer(ChildServer):
     """`paddlex --serve` on a loopback port with a pipeline file naming the model directory."""
 
     def __init__(self, python: Path, model: ModelDir, threads: int, workdir: Path, timeout: float = 600.0) -> None:
@@ -129,18 +130,3 @@ class PaddlexServer:
             time.sleep(0.5)
         self.stop()
         raise TimeoutError(f"paddlex --serve was not healthy within {timeout:g} s; its log is {self.log_path}")
-
-    def stop(self) -> None:
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(30)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-
-    def __enter__(self) -> PaddlexServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
