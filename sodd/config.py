@@ -28,7 +28,12 @@ class ModelConfig:
     # How long a queued image may wait for others to fill a batch; 0 batches only what already waits.
     max_queue_delay_seconds: float = 0.0
     # Predictor instances (threads) per loaded version; Paddle Inference clones share weights.
-    instances: int = 1
+    # None: one on GPUs; on a multi-core CPU with no thread count set, one narrow instance per
+    # core (at most 4) plus one using all cores for a lone request (see sodd.engine).
+    instances: int | None = None
+    # Whether images of different requests share batches; None: yes on GPUs and NPUs, not on CPUs,
+    # where a batch costs as much per image as single runs. A DetectBatch's images batch either way.
+    combine_requests: bool | None = None
     # Slice every request's image unless the request says otherwise (None: whole images).
     slicing: SliceOptions | None = None
     # Which complete versions of the model's directory to serve.
@@ -44,7 +49,7 @@ class ModelConfig:
             raise ValueError(f"model {self.name}: threshold {self.threshold} is outside [0, 1]")
         if self.max_batch_size < 1:
             raise ValueError(f"model {self.name}: max_batch_size must be at least 1")
-        if self.instances < 1:
+        if self.instances is not None and self.instances < 1:
             raise ValueError(f"model {self.name}: instances must be at least 1")
         if not (0 <= self.max_queue_delay_seconds <= 10):
             raise ValueError(f"model {self.name}: max_queue_delay_seconds must be in [0, 10]")

@@ -3,9 +3,17 @@
 Each loaded model version has one queue of images and one worker thread per predictor instance
 (Paddle predictors are not thread-safe; clones share weights). A worker takes the oldest image,
 adds images of the same shape that are waiting — or arrive within `max_queue_delay` — up to
-`max_batch_size`, runs them as one batch and splits the rows back per image. Images whose client
-cancelled or whose deadline passed are dropped before inference. A full queue refuses at once
-(RESOURCE_EXHAUSTED); every accepted image gets a result or an error, never silence.
+`max_batch_size`, runs them as one batch and splits the rows back per image. With
+`combine_requests` off, a batch holds images of one request only (a DetectBatch), never images of
+different requests: on CPUs a batch costs as much per image as single runs, so combining only
+makes requests wait for each other. Images whose client cancelled or whose deadline passed are
+dropped before inference. A full queue refuses at once (RESOURCE_EXHAUSTED); every accepted image
+gets a result or an error, never silence.
+
+An optional *wide* predictor uses every core for one image. It runs only when the queue holds a
+single request and no other instance is busy, so a lone client gets the latency of all cores,
+while under load the narrow instances (fewer threads each) run side by side for throughput. The
+two kinds never run at the same time, so the cores are never oversubscribed.
 """
 
 from __future__ import annotations
@@ -46,37 +54,51 @@ class ImageResult:
     batch_size: int
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
     future: Future
     enqueued: float
     deadline: float | None  # time.monotonic() deadline
+    request: object  # the same object for all images of one submitted request
     prepared: Prepared | None = None  # one image, batched with others
     inputs: Mapping[str, np.ndarray] | None = None  # or a raw run, alone
 
-    def batchable_with(self, other: _Job) -> bool:
+    def batchable_with(self, other: _Job, combine_requests: bool) -> bool:
         return (self.prepared is not None and other.prepared is not None
+                and (combine_requests or self.request is other.request)
                 and self.prepared.image.shape == other.prepared.image.shape)
 
 
 class ModelRunner:
     def __init__(self, predictors: Predictor | Sequence[Predictor], max_pending: int, name: str,
-                 max_batch_size: int = 8, max_queue_delay: float = 0.0) -> None:
+                 max_batch_size: int = 8, max_queue_delay: float = 0.0, combine_requests: bool = True,
+                 wide: Predictor | None = None) -> None:
         self.predictors = [predictors] if isinstance(predictors, Predictor) else list(predictors)
         self.predictor = self.predictors[0]
+        self.wide = wide
         self.max_pending = max_pending
         self.max_batch_size = max_batch_size
         self.max_queue_delay = max_queue_delay
+        self.combine_requests = combine_requests
         # Told the number of images in each predictor run (metrics set it once the model serves).
         self.observe_batch: Callable[[int], None] | None = None
         self._queue: deque[_Job] = deque()
         self._admitted = 0  # images of requests inside the daemon (see admission)
         self._cond = threading.Condition()
         self._stopping = False
-        self._threads = [threading.Thread(target=self._work, args=(p,), name=f"infer-{name}-{i}", daemon=True)
-                         for i, p in enumerate(self.predictors)]
+        self._running = 0  # batches on predictors now
+        self._wide_running = False
+        workers = [(p, False, f"infer-{name}-{i}") for i, p in enumerate(self.predictors)]
+        if wide is not None:
+            workers.append((wide, True, f"infer-{name}-wide"))
+        self._threads = [threading.Thread(target=self._work, args=(p, is_wide), name=thread_name, daemon=True)
+                         for p, is_wide, thread_name in workers]
         for thread in self._threads:
             thread.start()
+
+    @property
+    def all_predictors(self) -> list[Predictor]:
+        return self.predictors + ([self.wide] if self.wide is not None else [])
 
     @property
     def pending(self) -> int:
@@ -117,8 +139,8 @@ class ModelRunner:
             self._cond.notify_all()
 
     def submit(self, prepared: Sequence[Prepared], deadline: float | None = None) -> list[Future]:
-        now = time.perf_counter()
-        jobs = [_Job(Future(), now, deadline, prepared=p) for p in prepared]
+        now, request = time.perf_counter(), object()
+        jobs = [_Job(Future(), now, deadline, request, prepared=p) for p in prepared]
         self._enqueue(jobs)
         return [j.future for j in jobs]
 
@@ -134,7 +156,7 @@ class ModelRunner:
         return [f.result() for f in self.submit(prepared, deadline)]
 
     def _submit_raw(self, inputs: Mapping[str, np.ndarray]) -> Future:
-        job = _Job(Future(), time.perf_counter(), None, inputs=inputs)
+        job = _Job(Future(), time.perf_counter(), None, object(), inputs=inputs)
         self._enqueue([job])
         return job.future
 
@@ -146,12 +168,26 @@ class ModelRunner:
 
     # -- working ---------------------------------------------------------------------------
 
-    def _next_batch(self) -> list[_Job] | None:
+    def _lone_request(self) -> bool:
+        """True when the wide predictor should take the queue: one request waits and nothing runs."""
+        if self.wide is None or self._running or not self._queue:
+            return False
+        first = self._queue[0].request
+        return all(job.request is first for job in self._queue)
+
+    def _may_take(self, wide: bool) -> bool:
+        if not self._queue or self._wide_running:
+            return False
+        return self._lone_request() if wide else not self._lone_request()
+
+    def _next_batch(self, wide: bool) -> list[_Job] | None:
         with self._cond:
-            while not self._queue:
+            while not self._may_take(wide):
                 if self._stopping:
                     return None
                 self._cond.wait()
+            self._running += 1
+            self._wide_running = wide
             batch = [self._queue.popleft()]
             if batch[0].inputs is not None:
                 return batch
@@ -160,7 +196,7 @@ class ModelRunner:
                 for job in list(self._queue):
                     if len(batch) == self.max_batch_size:
                         break
-                    if job.batchable_with(batch[0]):
+                    if job.batchable_with(batch[0], self.combine_requests):
                         self._queue.remove(job)
                         batch.append(job)
                 remaining = until - time.perf_counter()
@@ -169,19 +205,25 @@ class ModelRunner:
                 self._cond.wait(remaining)
             return batch
 
-    def _work(self, predictor: Predictor) -> None:
-        while (batch := self._next_batch()) is not None:
-            now = time.monotonic()
-            live = []
-            for job in batch:
-                if not job.future.set_running_or_notify_cancel():
-                    continue  # the client went away before its image ran
-                if job.deadline is not None and now > job.deadline:
-                    job.future.set_exception(DeadlineExceeded("the deadline passed while the request was queued"))
-                    continue
-                live.append(job)
-            if live:
-                self._run(predictor, live)
+    def _work(self, predictor: Predictor, wide: bool) -> None:
+        while (batch := self._next_batch(wide)) is not None:
+            try:
+                now = time.monotonic()
+                live = []
+                for job in batch:
+                    if not job.future.set_running_or_notify_cancel():
+                        continue  # the client went away before its image ran
+                    if job.deadline is not None and now > job.deadline:
+                        job.future.set_exception(DeadlineExceeded("the deadline passed while the request was queued"))
+                        continue
+                    live.append(job)
+                if live:
+                    self._run(predictor, live)
+            finally:
+                with self._cond:
+                    self._running -= 1
+                    self._wide_running = False
+                    self._cond.notify_all()
 
     def _run(self, predictor: Predictor, jobs: list[_Job]) -> None:
         started = time.perf_counter()
@@ -218,5 +260,5 @@ class ModelRunner:
                 job.future.set_exception(Unavailable("the model version was unloaded; retry"))
         for thread in self._threads:
             thread.join()
-        for predictor in self.predictors:
+        for predictor in self.all_predictors:
             predictor.close()

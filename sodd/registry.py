@@ -14,6 +14,7 @@ import ctypes.util
 import enum
 import gc
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +38,51 @@ log = logging.getLogger(__name__)
 WARMUP_RUNS = 2
 # Device types whose plugins run on the host CPU and so take `sodd serve --threads`.
 CPU_DEVICE_TYPES = ("cpu", "openvino", "onnxruntime")
+
+
+# Narrow predictors the automatic CPU set-up runs at most: each keeps its own activations.
+MAX_AUTO_INSTANCES = 4
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def combines_requests(config: ModelConfig, device: str) -> bool:
+    """Whether images of different requests share batches: by default not on CPU backends, where
+    a batch costs as much per image as single runs (docs/benchmarks.md)."""
+    if config.combine_requests is not None:
+        return config.combine_requests
+    return device.partition("?")[0].partition(":")[0] not in CPU_DEVICE_TYPES + ("arm",)
+
+
+@dataclass(frozen=True)
+class Instances:
+    """The predictors of one loaded version: `narrow` run side by side, `wide` alone (engine)."""
+
+    narrow: list[Predictor]
+    wide: Predictor | None = None
+    narrow_threads: int | None = None
+    wide_threads: int | None = None
+
+    @staticmethod
+    def of(predictor: Predictor, config: ModelConfig) -> Instances:
+        """The predictor and its clones; a backend without `clone` runs one instance."""
+        count = config.instances or 1
+        clone = getattr(predictor, "clone", None)
+        if count > 1 and clone is None:
+            log.warning("model %s: this backend cannot clone predictors; running 1 instance, not %d",
+                        config.name, count)
+        return Instances([predictor] + ([clone() for _ in range(count - 1)] if clone else []))
+
+    def describe(self) -> str:
+        if self.wide is None:
+            return f"{len(self.narrow)} instances" if len(self.narrow) > 1 else ""
+        return (f"{len(self.narrow)} instances x {self.narrow_threads} thread(s) under load, "
+                f"1 x {self.wide_threads} threads for a lone request")
 
 
 class ModelState(enum.Enum):
@@ -113,6 +159,11 @@ def warm_up(served: ServedModel, runs: int = WARMUP_RUNS) -> None:
         if counts.reshape(-1).shape != (1,):
             raise ModelDirError(f"the second output has shape {list(counts.shape)}, expected one count per image")
         pipeline.boxes_per_image(outputs, prepared, served.model_dir, DEFAULT_THRESHOLD)
+    # Each instance's first run is slow (oneDNN builds its kernels there): pay for it before serving.
+    # The version is not published yet, so no request can be using these predictors now.
+    inputs = pipeline.network_inputs(prepared, served.runner.predictor.input_names)
+    for predictor in served.runner.all_predictors:
+        predictor.run(inputs)
 
 
 class ModelRegistry:
@@ -142,7 +193,7 @@ class ModelRegistry:
         known = sorted({t for p in self._plugins.values() for t in p.device_types})
         raise FailedPrecondition(f"no hardware plugin handles device type {device.type!r} (installed: {known})")
 
-    def _load_on(self, model_dir: ModelDir, device: DeviceSpec) -> Predictor:
+    def _load_on(self, model_dir: ModelDir, device: DeviceSpec, threads: int | None = None) -> Predictor:
         plugin = self.plugin_for(device)
         infos = {info.device: info for info in plugin.probe()}
         info = infos.get(device.name) or (infos.get(device.type) if device.index is None else None)
@@ -155,8 +206,9 @@ class ModelRegistry:
         if not info.available:
             raise FailedPrecondition(f"device {device.name} is unavailable: {info.reason}")
         options = dict(device.options)
-        if device.type in CPU_DEVICE_TYPES and self._cpu_threads and "threads" not in options:
-            options["threads"] = str(self._cpu_threads)
+        threads = threads or self._cpu_threads
+        if device.type in CPU_DEVICE_TYPES and threads and "threads" not in options:
+            options["threads"] = str(threads)
         return plugin.load(model_dir, device.name, options)
 
     # -- events ----------------------------------------------------------------------------
@@ -210,7 +262,7 @@ class ModelRegistry:
             # The fastest CPU backend whose boxes agree with Paddle fp32; its label names the device.
             selection = select_backend(model_dir, lambda spec: self._load_on(model_dir, spec), name=config.name)
             return self._warm(config, version, model_dir, fingerprint, selection.device_label,
-                              selection.predictor, [selection.summary()])
+                              Instances.of(selection.predictor, config), [selection.summary()])
         failures = []
         for device in config.devices:
             try:
@@ -219,17 +271,23 @@ class ModelRegistry:
                 failures.append(f"{device.name}: {getattr(exc, 'message', exc)}")
                 log.warning("model %s version %d: cannot load on %s: %s", config.name, version, device.name, exc)
                 continue
-            return self._warm(config, version, model_dir, fingerprint, device.name, predictor, failures)
+            try:
+                instances = self._instances(model_dir, device, predictor, config)
+            except Exception:
+                predictor.close()
+                raise
+            return self._warm(config, version, model_dir, fingerprint, device.name, instances, failures)
         raise FailedPrecondition(f"model {config.name} could not be loaded on any device: " + "; ".join(failures))
 
     def _warm(self, config: ModelConfig, version: int, model_dir: ModelDir, fingerprint: tuple, device: str,
-              predictor: Predictor, notes: list[str]) -> ServedModel:
-        """Wrap a loaded predictor (and its clones) in a runner and warm it up; close it if that fails."""
+              instances: Instances, notes: list[str]) -> ServedModel:
+        """Wrap loaded predictors in a runner and warm them up; close them if that fails."""
+        first = instances.narrow[0]
         served = ServedModel(
             config=config, version=version, model_dir=model_dir, device=device,
-            runner=ModelRunner(self._instances(predictor, config), self._max_pending, config.name,
-                               config.max_batch_size, config.max_queue_delay_seconds),
-            notes="; ".join(notes + ([predictor.notes] if predictor.notes else [])),
+            runner=ModelRunner(instances.narrow, self._max_pending, config.name, config.max_batch_size,
+                               config.max_queue_delay_seconds, combines_requests(config, device), instances.wide),
+            notes="; ".join(notes + [n for n in (first.notes, instances.describe()) if n]),
             fingerprint=fingerprint,
         )
         try:
@@ -239,14 +297,20 @@ class ModelRegistry:
             raise
         return served
 
-    @staticmethod
-    def _instances(predictor: Predictor, config: ModelConfig) -> list[Predictor]:
-        """The predictor and its clones; a backend without `clone` runs one instance."""
-        clone = getattr(predictor, "clone", None)
-        if config.instances > 1 and clone is None:
-            log.warning("model %s: this backend cannot clone predictors; running 1 instance, not %d",
-                        config.name, config.instances)
-        return [predictor] + ([clone() for _ in range(config.instances - 1)] if clone else [])
+    def _instances(self, model_dir: ModelDir, device: DeviceSpec, predictor: Predictor,
+                   config: ModelConfig) -> Instances:
+        """The predictors a version runs on: as configured, or on a multi-core CPU by default one
+        predictor with all cores for lone requests plus narrow ones that share the cores under load."""
+        cores = usable_cores()
+        automatic = (config.instances is None and device.type in CPU_DEVICE_TYPES and cores > 1
+                     and self._cpu_threads is None and "threads" not in device.options
+                     and getattr(predictor, "clone", None) is not None)
+        if not automatic:
+            return Instances.of(predictor, config)
+        count = min(cores, MAX_AUTO_INSTANCES)
+        threads = cores // count
+        narrow = self._load_on(model_dir, device, threads)
+        return Instances([narrow] + [narrow.clone() for _ in range(count - 1)], predictor, threads, cores)
 
     def publish(self, served: ServedModel) -> ServedModel | None:
         """Make `served` answer requests; returns the version object it replaces, if any."""

@@ -97,11 +97,13 @@ class Daemon:
         return self.process.returncode
 
 
-def start_daemon(args: list[str], log_path: Path, timeout: float = 120.0) -> Daemon:
-    """Start `sodd serve` on a free loopback port and wait until it says it listens."""
+def start_daemon(args: list[str], log_path: Path, timeout: float = 120.0, threads: int | None = 2) -> Daemon:
+    """Start `sodd serve` on a free loopback port and wait until it says it listens.
+
+    `threads=None` leaves the CPU set-up to the daemon (see sodd.registry.Instances)."""
     # Port 0 for metrics too, so test daemons never fight over the default 9464.
     cmd = [sys.executable, "-m", "sodd.cli", "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-           "--threads", "2", *args]
+           *(["--threads", str(threads)] if threads else []), *args]
     with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
         process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO)
     deadline = time.monotonic() + timeout

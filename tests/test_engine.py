@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -121,10 +122,64 @@ def test_asyncio_cancellation_withdraws_queued_images() -> None:
     assert predictor.batches == [1]
 
 
+def test_images_of_different_requests_share_a_batch_only_when_combining() -> None:
+    for combine, expected in ((False, [1, 1, 1, 1, 2]), (True, [1, 5])):
+        predictor = SlowPredictor()
+        predictor.release.clear()  # hold the worker so the queue fills
+        runner = ModelRunner(predictor, max_pending=64, name="t", max_batch_size=8, combine_requests=combine)
+        try:
+            futures = runner.submit([item(0.1)])
+            time.sleep(0.05)
+            for value in (0.2, 0.3, 0.4):
+                futures += runner.submit([item(value)])
+            futures += runner.submit([item(0.5), item(0.6)])  # one DetectBatch: one run either way
+            predictor.release.set()
+            assert len([f.result(10) for f in futures]) == 6
+        finally:
+            runner.close()
+        assert predictor.batches == expected, combine
+
+
+class TimedPredictor(SlowPredictor):
+    """Records when each run started and ended, in a log shared by all instances."""
+
+    def __init__(self, name: str, log: list[tuple[str, float, float]]) -> None:
+        super().__init__(delay=0.05)
+        self.name, self.log = name, log
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        started = time.perf_counter()
+        outputs = super().run(inputs)
+        self.log.append((self.name, started, time.perf_counter()))
+        return outputs
+
+
+def test_a_lone_request_gets_the_wide_predictor_and_load_the_narrow_ones_never_both() -> None:
+    log: list[tuple[str, float, float]] = []
+    narrow = [TimedPredictor(f"narrow{i}", log) for i in range(2)]
+    runner = ModelRunner(narrow, max_pending=64, name="t", max_batch_size=1, combine_requests=False,
+                         wide=TimedPredictor("wide", log))
+    try:
+        for value in (0.1, 0.2):  # one client at a time: every image runs on all cores
+            runner.submit([item(value)])[0].result(10)
+        assert [name for name, _, _ in log] == ["wide", "wide"]
+        with ThreadPoolExecutor(8) as pool:  # eight clients: the narrow instances run side by side
+            list(pool.map(lambda v: runner.submit([item(v)])[0].result(10), [i / 100 for i in range(24)]))
+    finally:
+        runner.close()
+    loaded = log[2:]
+    assert len(loaded) == 24
+    assert {name for name, _, _ in loaded} >= {"narrow0", "narrow1"}
+    overlapping = [(a, b) for a in loaded for b in loaded
+                   if a is not b and a[1] < b[2] and b[1] < a[2]]
+    assert overlapping, "the narrow instances never ran at the same time"
+    assert not [(a, b) for a, b in overlapping if "wide" in (a[0], b[0])], "the wide predictor shared the cores"
+
+
 @pytest.fixture(scope="module")
 def busy_daemon(tiny_model_dirs: dict[str, Path], tmp_path_factory):
     daemon = start_daemon(["--model", f"tiny={tiny_model_dirs['both']}", "--max-pending", "4",
-                           "--max-queue-delay-ms", "20", "--max-stream-frames", "3"],
+                           "--max-queue-delay-ms", "20", "--max-stream-frames", "3", "--combine-requests"],
                           tmp_path_factory.mktemp("engine") / "d.log")
     yield daemon
     assert daemon.stop() == 0
@@ -207,3 +262,23 @@ def test_detect_stream_holds_at_most_the_configured_frames(tiny_model_dirs, fram
 
     assert asyncio.run(consume()) == [str(i) for i in range(10)]
     assert in_daemon["max"] <= 2
+
+
+def test_the_default_cpu_set_up_answers_alike_on_every_instance(tiny_model_dirs: dict[str, Path], frame: bytes,
+                                                                 tmp_path: Path) -> None:
+    """Without a thread count the daemon runs narrow instances plus a wide one (on 2+ cores); which
+    one answers must not change a single box."""
+    daemon = start_daemon(["--model", f"tiny={tiny_model_dirs['both']}"], tmp_path / "d.log", threads=None)
+    try:
+        with Client(daemon.address) as c:
+            lone = c.detect(frame, threshold=0.3)
+            with ThreadPoolExecutor(6) as pool:
+                loaded = list(pool.map(lambda _: c.detect(frame, threshold=0.3), range(18)))
+            info = pb_grpc.DetectorStub(daemon.channel()).GetModel(pb.GetModelRequest(name="tiny"), timeout=10)
+    finally:
+        assert daemon.stop() == 0
+    if len(os.sched_getaffinity(0)) > 1:
+        assert "for a lone request" in info.state_reason, info.state_reason
+    assert lone.boxes
+    for answer in loaded:
+        assert list(answer.boxes) == list(lone.boxes)

@@ -66,9 +66,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tokens-file", metavar="FILE", help="require bearer tokens listed in FILE (see README)")
     p.add_argument("--drain-timeout", type=float, default=None, metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may take to finish (default 10)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads per predictor (default: all cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads per predictor (default: all cores, and see --instances)")
     p.add_argument("--instances", type=int, default=None,
-                   help="predictor instances per model version, each on its own thread (default 1)")
+                   help="predictor instances per model version, each on its own thread (default: 1 on GPUs; "
+                        "on CPUs without --threads one per core, at most 4, plus one with all cores for a "
+                        "lone request)")
+    p.add_argument("--combine-requests", action=argparse.BooleanOptionalAction, default=None,
+                   help="let images of different requests share a batch (default: on GPUs and NPUs only)")
     p.add_argument("--max-queue-delay-ms", type=float, default=None,
                    help="how long an image may wait for others to fill a batch (default 0)")
     p.add_argument("--max-stream-frames", type=int, default=None,
@@ -161,6 +166,8 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
             changes["max_batch_size"] = args.max_batch_size
         if args.instances is not None:
             changes["instances"] = args.instances
+        if args.combine_requests is not None:
+            changes["combine_requests"] = args.combine_requests
         if args.max_queue_delay_ms is not None:
             changes["max_queue_delay_seconds"] = args.max_queue_delay_ms / 1000
         return dataclasses.replace(model, **changes) if changes else model
