@@ -24,8 +24,10 @@ class LocalDetector:
                  max_batch_size: int = 8) -> None:
         plugins, _problems = discover_plugins()
         self._registry = ModelRegistry(plugins, max_pending=1, cpu_threads=threads)
+        # One caller at a time: one predictor with every thread, not the daemon's narrow instances.
         self.served = self._registry.load(ModelConfig(
-            name="local", path=Path(model_dir), devices=parse_devices(device), max_batch_size=max_batch_size))
+            name="local", path=Path(model_dir), devices=parse_devices(device), max_batch_size=max_batch_size,
+            instances=1))
 
     @property
     def labels(self) -> tuple[str, ...]:
