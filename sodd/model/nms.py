@@ -21,9 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 
 # Boxes walked per block (one block-by-block overlap matrix at a time), growing: most images reach
-# keep_top_k within the first few hundred candidates.
+# keep_top_k within the first few hundred candidates. Blocks beyond 128 cost more in the quadratic
+# matrix than they save in Python steps (1.5x to 2x slower on PicoDet-XS, SOD-S and random boxes).
 _FIRST_BLOCK = 64
-_MAX_BLOCK = 512
+_MAX_BLOCK = 128
 _MIN_PREFIX = 1024  # candidates walked first (at least 4 x keep_top_k)
 
 
@@ -108,7 +109,8 @@ def _nms_one_image(boxes: np.ndarray, scores: np.ndarray, p: NmsParams) -> np.nd
     mask = scores > np.float32(p.score_threshold)
     if 0 <= p.background_label < scores.shape[0]:
         mask[p.background_label] = False
-    cls, idx = np.nonzero(mask)
+    # Flat indices are cheaper to find than 2-D ones and come in the same (class, box) order.
+    cls, idx = np.divmod(np.flatnonzero(mask), scores.shape[1])
     if cls.size == 0:
         return np.zeros((0, 6), dtype=np.float32)
     score = scores[cls, idx]
