@@ -52,13 +52,16 @@ class Window:
     lost: int = 0
     cancelled: int = 0
     latencies: list[float] = field(default_factory=list)
-    rss_kib: int = 0
+    # Sampled every few seconds: a single reading can land on a swap, when two versions are loaded.
+    rss_samples_kib: list[int] = field(default_factory=list)
     failures: dict[str, int] = field(default_factory=dict)  # status code -> count
 
     def summary(self) -> dict:
         p99 = float(np.percentile(self.latencies, 99)) if self.latencies else None
-        out = {k: v for k, v in asdict(self).items() if k != "latencies"}
+        out = {k: v for k, v in asdict(self).items() if k not in ("latencies", "rss_samples_kib")}
         out["p99_ms"] = round(p99 * 1000, 1) if p99 is not None else None
+        out["rss_kib"] = int(np.median(self.rss_samples_kib)) if self.rss_samples_kib else 0
+        out["rss_max_kib"] = max(self.rss_samples_kib, default=0)
         return out
 
 
@@ -149,8 +152,8 @@ async def soak(args: argparse.Namespace, address: str, pid: int, model_root: Pat
 
     async def sample_rss() -> None:
         while time.monotonic() - started < duration:
-            window().rss_kib = rss_kib(pid)
-            await asyncio.sleep(min(5.0, args.window_seconds / 2))
+            window().rss_samples_kib.append(rss_kib(pid))
+            await asyncio.sleep(min(2.0, args.window_seconds / 4))
 
     sampler = asyncio.create_task(sample_rss())
     next_swap = started + args.swap_seconds
@@ -177,10 +180,17 @@ async def soak(args: argparse.Namespace, address: str, pid: int, model_root: Pat
     for r in rows:
         for code, n in r["failures"].items():
             totals["failures"][code] = totals["failures"].get(code, 0) + n
-    after_5min = [r["rss_kib"] for r in rows if r["start_s"] >= 300 and r["rss_kib"]]
-    growth = (after_5min[-1] / after_5min[0] - 1) if len(after_5min) >= 2 else None
+    # Growth of the typical (median) RSS from the first window after five minutes to the last full
+    # one; the peaks (swaps) are reported beside it.
+    after_5min = [r for r in rows if r["start_s"] >= 300 and r["start_s"] + args.window_seconds <= duration
+                  and r["rss_kib"]]
+    growth = peak_growth = None
+    if len(after_5min) >= 2:
+        growth = after_5min[-1]["rss_kib"] / after_5min[0]["rss_kib"] - 1
+        peak_growth = after_5min[-1]["rss_max_kib"] / after_5min[0]["rss_max_kib"] - 1
     return {"capacity_rps": round(capacity, 2), "offered_rps": round(rate, 2), "minutes": args.minutes,
-            "totals": totals, "swaps": len(swaps), "rss_growth_after_5min": growth, "windows": rows}
+            "totals": totals, "swaps": len(swaps), "rss_growth_after_5min": growth,
+            "rss_peak_growth_after_5min": peak_growth, "windows": rows}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -200,12 +210,14 @@ def run(args: argparse.Namespace) -> int:
             process.wait(60)
     print(f"capacity {report['capacity_rps']} req/s, offered {report['offered_rps']} req/s for "
           f"{report['minutes']} min, {report['swaps']} swaps")
-    print(f"{'t (s)':>7} {'served':>7} {'refused':>8} {'failed':>7} {'lost':>5} {'p99 ms':>8} {'RSS MiB':>8}")
+    print(f"{'t (s)':>7} {'served':>7} {'refused':>8} {'failed':>7} {'lost':>5} {'p99 ms':>8} {'RSS MiB':>8} "
+          f"{'max MiB':>8}")
     for w in report["windows"]:
         p99 = f"{w['p99_ms']:.0f}" if w["p99_ms"] is not None else "-"
         print(f"{w['start_s']:7.0f} {w['served']:7d} {w['refused']:8d} {w['failed']:7d} {w['lost']:5d} "
-              f"{p99:>8} {w['rss_kib'] / 1024:8.0f}")
-    print("totals:", report["totals"], "RSS growth after 5 min:", report["rss_growth_after_5min"])
+              f"{p99:>8} {w['rss_kib'] / 1024:8.0f} {w['rss_max_kib'] / 1024:8.0f}")
+    print("totals:", report["totals"], "RSS growth after 5 min (median, peak):", report["rss_growth_after_5min"],
+          report["rss_peak_growth_after_5min"])
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(json.dumps(report, indent=2))
