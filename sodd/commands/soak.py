@@ -40,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--swap-seconds", type=float, default=60.0, help="time between hot swaps (default 60)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the daemon's predictor")
     p.add_argument("--report", type=Path, help="write the JSON report here")
+    p.add_argument("--daemon-log", type=Path, help="keep the daemon's log here (default: printed only if it dies)")
     p.set_defaults(func=run)
 
 
@@ -73,8 +74,9 @@ def rss_kib(pid: int) -> int:
 
 
 def start_daemon(repository: Path, threads: int | None, log_path: Path) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "sodd.cli", "serve", "--model-repository", str(repository), "--listen",
-           "127.0.0.1:0", "--metrics-listen", "", "--settle-seconds", "1", "--max-pending", "32"]
+    # faulthandler: a crash in native code leaves the Python stacks in the log.
+    cmd = [sys.executable, "-X", "faulthandler", "-m", "sodd.cli", "serve", "--model-repository", str(repository),
+           "--listen", "127.0.0.1:0", "--metrics-listen", "", "--settle-seconds", "1", "--max-pending", "32"]
     if threads:
         cmd += ["--threads", str(threads)]
     with open(log_path, "w") as log:
@@ -202,12 +204,18 @@ def run(args: argparse.Namespace) -> int:
         model_root = repository / "soak"
         model_root.mkdir(parents=True)
         shutil.copytree(args.model, model_root / "1")
-        process, address = start_daemon(repository, args.threads, Path(tmp) / "daemon.log")
+        log_path = args.daemon_log or Path(tmp) / "daemon.log"
+        process, address = start_daemon(repository, args.threads, log_path)
         try:
             report = asyncio.run(soak(args, address, process.pid, model_root, image))
+            died = process.poll()
         finally:
             process.terminate()
             process.wait(60)
+        if died is not None:
+            # The run failed; what the daemon said last is the first thing to read.
+            print(f"the daemon exited with {died} during the soak; the end of its log:\n"
+                  + "\n".join(log_path.read_text(errors="replace").splitlines()[-60:]), file=sys.stderr)
     print(f"capacity {report['capacity_rps']} req/s, offered {report['offered_rps']} req/s for "
           f"{report['minutes']} min, {report['swaps']} swaps")
     print(f"{'t (s)':>7} {'served':>7} {'refused':>8} {'failed':>7} {'lost':>5} {'p99 ms':>8} {'RSS MiB':>8} "
