@@ -309,8 +309,19 @@ class ModelRegistry:
             return Instances.of(predictor, config)
         count = min(cores, MAX_AUTO_INSTANCES)
         threads = cores // count
-        narrow = self._load_on(model_dir, device, threads)
-        return Instances([narrow] + [narrow.clone() for _ in range(count - 1)], predictor, threads, cores)
+        # Independent predictors, not clones: two 30-minute soaks with hot swaps every minute died of a
+        # segfault in Paddle's kernels with clones serving, and Paddle's tracker has reports of clones
+        # crashing beside other predictors. One predictor per thread is its documented safe pattern;
+        # the cost is one more copy of the weights per instance.
+        narrow = []
+        try:
+            for _ in range(count):
+                narrow.append(self._load_on(model_dir, device, threads))
+        except Exception:
+            for loaded in narrow:
+                loaded.close()
+            raise
+        return Instances(narrow, predictor, threads, cores)
 
     def publish(self, served: ServedModel) -> ServedModel | None:
         """Make `served` answer requests; returns the version object it replaces, if any."""
