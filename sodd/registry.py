@@ -26,7 +26,7 @@ import numpy as np
 
 from sodd import pipeline
 from sodd.config import ModelConfig
-from sodd.devices import DeviceSpec
+from sodd.devices import DeviceSpec, parse_device
 from sodd.engine import ModelRunner
 from sodd.errors import FailedPrecondition, ModelDirError, NotFound
 from sodd.high_performance import select_backend
@@ -56,7 +56,7 @@ def combines_requests(config: ModelConfig, device: str) -> bool:
     a batch costs as much per image as single runs (docs/benchmarks.md)."""
     if config.combine_requests is not None:
         return config.combine_requests
-    return device.partition("?")[0].partition(":")[0] not in CPU_DEVICE_TYPES + ("arm",)
+    return parse_device(device).type not in CPU_DEVICE_TYPES + ("arm",)
 
 
 @dataclass(frozen=True)
@@ -303,8 +303,7 @@ class ModelRegistry:
         predictor with all cores for lone requests plus narrow ones that share the cores under load."""
         cores = usable_cores()
         automatic = (config.instances is None and device.type in CPU_DEVICE_TYPES and cores > 1
-                     and self._cpu_threads is None and "threads" not in device.options
-                     and getattr(predictor, "clone", None) is not None)
+                     and self._cpu_threads is None and "threads" not in device.options)
         if not automatic:
             return Instances.of(predictor, config)
         count = min(cores, MAX_AUTO_INSTANCES)
