@@ -9,10 +9,7 @@ step is never published.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import enum
-import gc
 import logging
 import os
 import threading
@@ -29,6 +26,7 @@ from sodd.config import ModelConfig
 from sodd.devices import DeviceSpec, parse_device
 from sodd.engine import ModelRunner
 from sodd.errors import FailedPrecondition, ModelDirError, NotFound
+from sodd.heap import release_freed_memory
 from sodd.high_performance import select_backend
 from sodd.model.postprocess import DEFAULT_THRESHOLD
 from sodd.modeldir import ModelDir, read_model_dir
@@ -131,16 +129,6 @@ class VersionStatus:
     state: ModelState
     reason: str = ""
     path: Path | None = None
-
-
-def release_freed_memory() -> None:
-    """Return freed heap pages to the OS so that RSS reflects unloads (glibc keeps them otherwise)."""
-    gc.collect()
-    libc_name = ctypes.util.find_library("c")
-    if libc_name:
-        libc = ctypes.CDLL(libc_name)
-        if hasattr(libc, "malloc_trim"):
-            libc.malloc_trim(0)
 
 
 def warm_up(served: ServedModel, runs: int = WARMUP_RUNS) -> None:

@@ -16,6 +16,7 @@ from sodd.config import DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME, ModelConfig, Serv
 from sodd.config_file import DEFAULT_CONFIG_PATH, ConfigError, make_config, read_config
 from sodd.devices import parse_devices
 from sodd.errors import SoddError
+from sodd.heap import limit_arenas
 from sodd.listeners import ListenerError
 from sodd.logs import setup_logging
 from sodd.repository import VersionPolicy
@@ -179,6 +180,7 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    limit_arenas()  # before any thread starts: see sodd.heap
     try:
         config = build_config(args)
     except (ValueError, SoddError) as exc:
