@@ -1,7 +1,8 @@
 """Running predictors: per-model queue, dynamic batching, predictor instances, admission control.
 
-Each loaded model version has one queue of images and one worker thread per predictor instance
-(Paddle predictors are not thread-safe; clones share weights). A worker takes the oldest image,
+Each loaded model version has one queue of images and one work loop per predictor instance
+(Paddle predictors are not thread-safe). The loops run on long-lived worker threads that pass from
+one model version to the next (see `sodd.worker_threads`). A worker takes the oldest image,
 adds images of the same shape that are waiting — or arrive within `max_queue_delay` — up to
 `max_batch_size`, runs them as one batch and splits the rows back per image. With
 `combine_requests` off, a batch holds images of one request only (a DetectBatch), never images of
@@ -23,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -33,6 +34,9 @@ from sodd.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from sodd.model.postprocess import split_per_image
 from sodd.model.preprocess import Prepared, batch_inputs
 from sodd.plugin import Predictor
+from sodd.worker_threads import WorkerThreads
+
+_WORKER_THREADS = WorkerThreads("infer")
 
 
 @dataclass(frozen=True)
@@ -91,10 +95,8 @@ class ModelRunner:
         workers = [(p, False, f"infer-{name}-{i}") for i, p in enumerate(self.predictors)]
         if wide is not None:
             workers.append((wide, True, f"infer-{name}-wide"))
-        self._threads = [threading.Thread(target=self._work, args=(p, is_wide), name=thread_name, daemon=True)
-                         for p, is_wide, thread_name in workers]
-        for thread in self._threads:
-            thread.start()
+        self._loops = [_WORKER_THREADS.run(self._work, p, is_wide, loop_name)
+                       for p, is_wide, loop_name in workers]
 
     @property
     def all_predictors(self) -> list[Predictor]:
@@ -205,7 +207,8 @@ class ModelRunner:
                 self._cond.wait(remaining)
             return batch
 
-    def _work(self, predictor: Predictor, wide: bool) -> None:
+    def _work(self, predictor: Predictor, wide: bool, name: str) -> None:
+        threading.current_thread().name = name  # what a stack dump or py-spy shows
         while (batch := self._next_batch(wide)) is not None:
             try:
                 now = time.monotonic()
@@ -258,7 +261,6 @@ class ModelRunner:
         for job in leftover:
             if job.future.set_running_or_notify_cancel():
                 job.future.set_exception(Unavailable("the model version was unloaded; retry"))
-        for thread in self._threads:
-            thread.join()
+        wait(self._loops)
         for predictor in self.all_predictors:
             predictor.close()
