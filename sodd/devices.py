@@ -11,6 +11,7 @@ and options are plugin-specific: `cpu?threads=2&onednn=off`, `gpu:0?mode=trt_fp1
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
@@ -19,6 +20,14 @@ from sodd.errors import InvalidArgument
 
 ACCEPTED_FORMS = "cpu, gpu, gpu:N, npu:N, arm, optionally with ?key=value&key=value, several joined by ','"
 _DEVICE_RE = re.compile(r"^(?P<type>[a-z][a-z0-9_]*)(?::(?P<index>\d+))?(?:\?(?P<options>.*))?$")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), which may be fewer than the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)

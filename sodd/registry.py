@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +22,7 @@ import numpy as np
 
 from sodd import pipeline
 from sodd.config import ModelConfig
-from sodd.devices import DeviceSpec, parse_device
+from sodd.devices import DeviceSpec, parse_device, usable_cores
 from sodd.engine import ModelRunner
 from sodd.errors import FailedPrecondition, ModelDirError, NotFound
 from sodd.heap import release_freed_memory
@@ -40,13 +39,6 @@ CPU_DEVICE_TYPES = ("cpu", "openvino", "onnxruntime")
 
 # Narrow predictors the automatic CPU set-up runs at most: each keeps its own activations.
 MAX_AUTO_INSTANCES = 4
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def combines_requests(config: ModelConfig, device: str) -> bool:

@@ -8,6 +8,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from sodd.devices import usable_cores
+
 # Instruction sets that change what oneDNN can do on x86 (AVX-512 VNNI/BF16 kernels, AMX tiles).
 INTERESTING_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 
@@ -43,13 +45,6 @@ def load_average() -> tuple[float, float, float] | None:
         return tuple(round(x, 2) for x in os.getloadavg())  # type: ignore[return-value]
     except OSError:
         return None
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def facts() -> dict:
