@@ -15,12 +15,13 @@ from pathlib import Path
 
 from sodd_client.bench import run_load
 
-from sodd.bench import http_load, machine, plain
+from sodd.bench import http_load, plain
 from sodd.bench import paddlex_baselines as pdx
 from sodd.bench.daemon import MODEL_NAME, BenchDaemon
 from sodd.bench.images import ImageSet
 from sodd.bench.plain import PlainSetup
 from sodd.bench.stats import Measurement
+from sodd.devices import usable_cores
 from sodd.modeldir import read_model_dir
 
 
@@ -41,7 +42,7 @@ class Plan:
     paddlex_python: Path | None = None
     paddlex_predict: bool = True
     paddlex_serving: bool = True
-    threads: int = field(default_factory=machine.usable_cores)  # for the PaddleX baselines
+    threads: int = field(default_factory=usable_cores)  # for the PaddleX baselines
     timeout: float = 300.0
 
 

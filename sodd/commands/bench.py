@@ -97,11 +97,12 @@ def _slug(text: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from sodd.bench import images as image_sets
     from sodd.bench import machine, plot, report, runner
+    from sodd.devices import usable_cores
     from sodd.modeldir import ModelDirError, read_model_dir
 
     try:
         model = read_model_dir(args.model_dir)
-        cores = machine.usable_cores()
+        cores = usable_cores()
         setups = _setups(args.plain_setups, cores)
         sizes = [image_sets.parse_size(s) for s in args.sizes.split(",") if s.strip()]
     except (ModelDirError, ValueError) as exc:
