@@ -12,16 +12,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sodd.config import ModelConfig, ServeConfig
 from sodd.errors import FailedPrecondition, NotFound
+from sodd.logs import quote
+from sodd.names import check_name
 from sodd.registry import ModelRegistry, ModelState
 from sodd.repository import VersionDir, scan_repository, scan_source
 
 log = logging.getLogger(__name__)
+# After the watcher fails it waits, doubling from the first delay up to the cap, and rescans:
+# a failure that repeats (out of descriptors, say) must neither spin nor end the watching.
+WATCH_RETRY_FIRST_SECONDS = 0.5
+WATCH_RETRY_MAX_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -39,8 +45,11 @@ class ModelSource:
 
 
 class ModelManager:
-    def __init__(self, registry: ModelRegistry, config: ServeConfig) -> None:
+    def __init__(self, registry: ModelRegistry, config: ServeConfig,
+                 on_watch_failure: Callable[[], None] | None = None) -> None:
         self._registry = registry
+        # Called once per failure of the watcher (or of a reconcile it started): a metric counts them.
+        self._on_watch_failure = on_watch_failure
         self._config = config
         self._explicit = {m.name: ModelSource(m, True) for m in config.models}
         self._lock = asyncio.Lock()
@@ -109,7 +118,7 @@ class ModelManager:
 
         def fire() -> None:
             self._recheck = None
-            loop.create_task(self.reconcile())
+            loop.create_task(self._reconcile_reported())
 
         self._recheck = loop.call_later(self._config.settle_seconds + 0.05, fire)
 
@@ -179,24 +188,31 @@ class ModelManager:
     # -- RPC triggers ----------------------------------------------------------------------
 
     async def load_model(self, name: str, version: int = 0) -> None:
+        check_name(name, "name")
+        # Nothing is remembered for a name that is not there: pinning first let made-up names
+        # pile up for good (60 names of 8 MB each cost 874 MB).
+        if name not in await asyncio.to_thread(self.sources):
+            raise NotFound(f"model {quote(name)} is neither configured nor in the model repository")
         self._excluded.discard((name, None))
         if version:
             self._excluded.discard((name, version))
             self._pinned.add((name, version))
         await self.reconcile([name])
-        if name not in self.sources():
-            raise NotFound(f"model {name!r} is neither configured nor in the model repository")
+        if name not in await asyncio.to_thread(self.sources):  # removed meanwhile
+            self._pinned.discard((name, version))
+            raise NotFound(f"model {quote(name)} is neither configured nor in the model repository")
         serving = self._registry.versions(name)
         if (version and version not in serving) or not serving:
             status = self._registry.statuses().get(name, {}).get(version or -1)
             reason = status.reason if status else "no complete version directory matches"
-            raise FailedPrecondition(f"model {name!r} version {version or 'latest'} did not load: {reason}")
+            raise FailedPrecondition(f"model {quote(name)} version {version or 'latest'} did not load: {reason}")
 
     async def unload_model(self, name: str, version: int = 0) -> None:
+        check_name(name, "name")
         async with self._lock:
             serving = self._registry.versions(name)
             if not serving or (version and version not in serving):
-                raise NotFound(f"model {name!r} version {version or 'any'} is not served "
+                raise NotFound(f"model {quote(name)} version {version or 'any'} is not served "
                                f"(available: {sorted(serving)})")
             if version:
                 self._excluded.add((name, version))
@@ -226,34 +242,60 @@ class ModelManager:
             names.add(changed.relative_to(root).parts[0])
         return names
 
+    def _watch_failed(self, exc: BaseException, retry_in: float) -> None:
+        log.warning("model watcher failed (%s: %s); rescanning in %.1f s", type(exc).__name__, exc, retry_in)
+        if self._on_watch_failure is not None:
+            self._on_watch_failure()
+
     async def watch(self) -> None:
-        """Reconcile the models whose files change, until cancelled."""
+        """Reconcile the models whose files change, until cancelled. Whatever fails (the watcher,
+        a rescan, a reconcile) is logged, counted, and retried after a backoff that doubles up
+        to WATCH_RETRY_MAX_SECONDS; the first rescan that succeeds resets it."""
         from watchfiles import awatch
 
+        failures = 0
+        rescan = False  # after a failure, changes may have been missed
         while True:
-            roots = self.watch_roots()
-            if not roots:
-                await asyncio.sleep(self._config.settle_seconds)
-                continue
             try:
+                if rescan:
+                    await self.reconcile()
+                    rescan, failures = False, 0
+                roots = self.watch_roots()
+                if not roots:
+                    await asyncio.sleep(self._config.settle_seconds)
+                    continue
                 async for changes in awatch(*roots, debounce=int(self._config.debounce_seconds * 1000),
                                             force_polling=self._config.poll_files, recursive=True,
                                             poll_delay_ms=int(self._config.debounce_seconds * 1000)):
                     names = set().union(*(self._names_for(Path(p)) for _, p in changes))
                     if names:
                         await self.reconcile(sorted(names))
-            except (FileNotFoundError, RuntimeError, OSError) as exc:
+                    failures = 0
+            except FileNotFoundError as exc:
                 # A watched directory vanished: rescan and watch what exists now.
                 log.info("restarting the file watcher: %s", exc)
-                await self.reconcile()
+                rescan = True
                 await asyncio.sleep(self._config.debounce_seconds)
+            except Exception as exc:  # noqa: BLE001 - anything else: back off and try again
+                rescan = True
+                retry_in = min(WATCH_RETRY_MAX_SECONDS, WATCH_RETRY_FIRST_SECONDS * 2 ** min(failures, 20))
+                failures += 1
+                self._watch_failed(exc, retry_in)
+                await asyncio.sleep(retry_in)
+
+    async def _reconcile_reported(self) -> None:
+        """A reconcile nobody awaits: its failure is logged and counted like the watcher's."""
+        try:
+            await self.reconcile()
+        except Exception as exc:  # noqa: BLE001 - the watcher rescans later
+            self._watch_failed(exc, self._config.settle_seconds)
 
     def start_watching(self) -> None:
         loop = asyncio.get_running_loop()
         self._watch_task = loop.create_task(self.watch())
         # Files placed between the start-up scan and the watch taking hold would be missed: look
         # once more when the watcher is surely running.
-        loop.call_later(self._config.debounce_seconds * 2, lambda: loop.create_task(self.reconcile()))
+        loop.call_later(self._config.debounce_seconds * 2, lambda: loop.create_task(self._reconcile_reported()))
 
     async def close(self) -> None:
         if self._recheck is not None:

@@ -13,6 +13,7 @@ the same settle time. A version still missing files after the settle time is rep
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -20,6 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sodd.errors import InvalidArgument
+from sodd.logs import escape, has_control
+from sodd.names import NAME_LIMIT
+
+log = logging.getLogger(__name__)
+# Repository directory names already warned about (see scan_repository).
+_skipped: set[str] = set()
 
 REQUIRED_FILES = ("inference.yml", "inference.pdiparams")
 PROGRAM_FILES = ("inference.json", "inference.pdmodel")
@@ -111,8 +118,17 @@ def scan_source(source: Path) -> dict[int, VersionDir]:
 
 
 def scan_repository(root: Path) -> dict[str, Path]:
-    """Model name -> source directory for each sub-directory of a repository."""
+    """Model name -> source directory for each sub-directory of a repository. A name with control
+    characters (a newline, say) is skipped, with one warning: it could forge log lines, and no
+    client could name it anyway."""
     try:
-        return {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+        found = {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
     except (FileNotFoundError, NotADirectoryError, PermissionError):
         return {}
+    for name in [n for n in found if has_control(n) or len(n) > NAME_LIMIT]:
+        del found[name]
+        if name not in _skipped and len(_skipped) < 1000:  # warned once each, and bounded
+            _skipped.add(name)
+            log.warning("model repository %s: skipping directory %s: its name has control characters or is "
+                        "too long", root, escape(name))
+    return found

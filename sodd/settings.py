@@ -20,13 +20,14 @@ from sodd.listeners import CertificateStore, TlsFiles
 
 log = logging.getLogger(__name__)
 # What a reload applies; a change to any other option waits for a restart.
-LIVE = ("tls_cert", "tls_key", "tls_client_ca", "tokens_file", "drain_timeout_seconds",
+LIVE = ("tls_cert", "tls_key", "tls_client_ca", "tokens_file", "allow_remote_management", "drain_timeout_seconds",
         # applied by the model manager, which reloads what changed beside what serves
         "models", "model_repository", "repository_defaults")
 
 
 class Settings:
-    """The configuration in force, the certificate store and the token check built from it."""
+    """The configuration in force, the certificate store and the access check built from it
+    (`tokens`: always there; its table is None without a tokens file)."""
 
     def __init__(self, config: ServeConfig, reload_config: Callable[[], ServeConfig] | None) -> None:
         self.config = config
@@ -35,14 +36,15 @@ class Settings:
         # Read before the models load, so a bad certificate or tokens file fails the start at once.
         self.certificates = CertificateStore(tls) if tls is not None else None
         tokens = TokenTable.read(config.tokens_file) if config.tokens_file is not None else None
-        self.tokens = TokenInterceptor(tokens, lambda: None) if tokens is not None else None
+        self.tokens = TokenInterceptor(tokens, lambda: None, config.allow_remote_management)
 
     async def reload(self) -> None:
         if self._reload_config is None:
             return
         new = await asyncio.to_thread(self._reload_config)
         old = self.config
-        if (new.tokens_file is None) != (self.tokens is None) or (new.tls_cert is None) != (self.certificates is None):
+        if (new.tokens_file is None) != (self.tokens.tokens is None) or \
+                (new.tls_cert is None) != (self.certificates is None):
             raise ValueError("turning TLS or tokens on or off needs a restart")
         # Read everything before changing anything, so a failed reload leaves all as it was.
         tokens = await asyncio.to_thread(TokenTable.read, new.tokens_file) if new.tokens_file is not None else None
@@ -51,9 +53,10 @@ class Settings:
             assert files is not None
             await asyncio.to_thread(self.certificates.reload, files)
             log.info("reload: certificates re-read from %s", files.cert)
-        if self.tokens is not None and tokens is not None:
+        if tokens is not None:
             self.tokens.tokens = tokens
             log.info("reload: %d tokens read from %s", len(tokens.rights), new.tokens_file)
+        self.tokens.allow_remote_management = new.allow_remote_management
         changed = [f.name for f in dataclasses.fields(new)
                    if f.name not in LIVE and getattr(new, f.name) != getattr(old, f.name)]
         if changed:

@@ -48,4 +48,9 @@ def test_unit_keeps_what_the_daemon_relies_on() -> None:
                 "StateDirectory", "CapabilityBoundingSet", "RestrictAddressFamilies", "SystemCallFilter"):
         assert key in s, key
     assert s["ProtectSystem"] == "strict" and s["SystemCallFilter"] == "@system-service"
+    # Descriptors for far more connections than the call budgets admit calls, and the metrics
+    # endpoint's waiting connections (1,024 let 1,100 idle connections lock clients out).
+    config = ServeConfig(models=(), model_repository=Path("/m"))
+    assert int(s["LimitNOFILE"]) >= 16 * (config.max_inference_calls + config.max_management_calls
+                                          + config.max_health_watches) + 1024
     assert not (REPO / "systemd" / "sodd.socket").exists(), "socket activation is not supported (see README)"

@@ -33,13 +33,21 @@ def code_of(call) -> grpc.StatusCode:  # noqa: ANN001 - a zero-argument callable
     return grpc.StatusCode.OK
 
 
-def stream_code(address: str, token: str, models: list[str], image: bytes) -> grpc.StatusCode:
-    """DetectStream with one frame per model name; every frame is checked, not just the first."""
+def stream_codes(address: str, token: str, models: list[str], image: bytes) -> list[str]:
+    """DetectStream with one frame per model name: each frame's code, then the stream's. Every
+    frame is checked, not just the first, and a denied frame does not end the stream."""
+    codes = {code.value[0]: code.name for code in grpc.StatusCode}
     with grpc.insecure_channel(address) as channel:
         frames = iter([pb.DetectRequest(image=pb.Image(encoded=image), model=m) for m in models])
         answers = pb_grpc.DetectorStub(channel).DetectStream(frames, timeout=30,
                                                               metadata=[("authorization", f"Bearer {token}")])
-        return code_of(lambda: list(answers))
+        seen = []
+        try:
+            for answer in answers:
+                seen.append(codes[answer.error.code] if answer.WhichOneof("result") == "error" else "OK")
+        except grpc.RpcError as exc:
+            return [*seen, f"stream {exc.code().name}"]
+        return [*seen, "stream OK"]
 
 
 def test_tokens_over_tcp_and_unix_socket(tiny_model_dirs: dict[str, Path], tmp_path: Path,
@@ -68,8 +76,9 @@ def test_tokens_over_tcp_and_unix_socket(tiny_model_dirs: dict[str, Path], tmp_p
                 assert code_of(lambda c=limited: c.detect_batch([image], "tiny-legacy")) == \
                     grpc.StatusCode.PERMISSION_DENIED
                 assert code_of(lambda c=limited: c.get_model("tiny-legacy")) == grpc.StatusCode.PERMISSION_DENIED
-            assert stream_code(address, TINY_ONLY, ["tiny", ""], image) == grpc.StatusCode.OK
-            assert stream_code(address, TINY_ONLY, ["tiny", "tiny-legacy"], image) == grpc.StatusCode.PERMISSION_DENIED
+            assert stream_codes(address, TINY_ONLY, ["tiny", ""], image) == ["OK", "OK", "stream OK"]
+            assert stream_codes(address, TINY_ONLY, ["tiny", "tiny-legacy", "tiny"], image) == \
+                ["OK", "PERMISSION_DENIED", "OK", "stream OK"]
             with grpc.insecure_channel(address) as channel:
                 unload = pb_grpc.DetectorStub(channel).UnloadModel
                 assert code_of(lambda u=unload: u(pb.UnloadModelRequest(name="tiny"), timeout=30, metadata=[
@@ -89,7 +98,8 @@ def test_tokens_over_tcp_and_unix_socket(tiny_model_dirs: dict[str, Path], tmp_p
                     return names, exc.code()
                 return names, grpc.StatusCode.OK
 
-        assert asyncio.run(async_calls()) == (["tiny", "tiny-legacy"], grpc.StatusCode.PERMISSION_DENIED)
+        # ListModels shows only what the token may see.
+        assert asyncio.run(async_calls()) == (["tiny"], grpc.StatusCode.PERMISSION_DENIED)
         assert client_main(["--server", f"unix:{socket_path}", "--token", TINY_ONLY, "models"]) == 0
         assert client_main(["--server", f"unix:{socket_path}", "models"]) == 1
         assert "UNAUTHENTICATED" in capsys.readouterr().err
