@@ -61,17 +61,33 @@ class ServeConfig:
     listen: str = "127.0.0.1:50051"
     # Refuse bigger images before decoding them; 8K is 33 MP, so 50 leaves room for real photos.
     max_image_megapixels: float = 50.0
+    # Pixels all images of one request may hold together, read from their headers before decoding.
+    max_request_megapixels: float = 200.0
+    # Models whose network input is larger are refused at load: warm-up and every request allocate
+    # buffers of that size (a 12000x12000 input took over 8 GB while loading).
+    max_model_input_megapixels: float = 16.0
     max_message_bytes: int = 64 * 1024 * 1024
-    # Requests allowed to wait per model before RESOURCE_EXHAUSTED.
+    # Network runs (images, or slicing windows) a model holds from admission to answer; more get
+    # RESOURCE_EXHAUSTED, and a request that needs more on its own gets INVALID_ARGUMENT.
     max_pending: int = 64
     # Frames one DetectStream may have inside the daemon at once; the stream is not read further
     # until one is answered, so gRPC flow control pushes back on a camera that sends too fast.
     max_stream_frames: int = 4
     # DetectStream calls open at once; one more is refused with RESOURCE_EXHAUSTED.
     max_streams: int = 16
-    # Calls in progress in the whole daemon (streams included); gRPC refuses the next one with
-    # RESOURCE_EXHAUSTED before reading it. With max_message_bytes this bounds request memory.
-    max_concurrent_rpcs: int = 128
+    # gRPC's own last-resort ceiling on calls in progress, every kind together; raised to at least
+    # the budgets below plus 256 so that they refuse first (sodd.budgets).
+    max_concurrent_rpcs: int = 1024
+    # Call budgets (sodd.budgets): Detect, DetectBatch and DetectStream calls in progress; the other
+    # Detector calls; health Watch and reflection streams. A call beyond its budget gets
+    # RESOURCE_EXHAUSTED before its body is read, so with max_message_bytes they bound request memory.
+    max_inference_calls: int = 128
+    max_management_calls: int = 16
+    max_health_watches: int = 32
+    # Inference calls one client host may have in progress (the Unix socket is not counted).
+    max_calls_per_peer: int = 64
+    # A call whose request message has not arrived this long after its headers gets DEADLINE_EXCEEDED.
+    request_body_timeout_seconds: float = 10.0
     # Images one DetectBatch may carry; checked before anything is decoded.
     max_request_images: int = 64
     # Threads for decoding and preprocessing (they release the GIL inside OpenCV).
@@ -105,8 +121,20 @@ class ServeConfig:
     tls_client_ca: Path | None = None
     # Bearer tokens and the models each may use (see sodd.auth); None serves anyone who can connect.
     tokens_file: Path | None = None
+    # Without a tokens file, LoadModel and UnloadModel are accepted only from the Unix socket and
+    # loopback unless this is set (see sodd.auth).
+    allow_remote_management: bool = False
     # On SIGTERM, in-flight requests get this long to finish before they are cancelled.
     drain_timeout_seconds: float = 10.0
+    # On SIGTERM health turns NOT_SERVING at once and calls are still answered for this long, so
+    # that balancers polling health take the daemon out first (skipped when no health check came
+    # in the last minute: nothing polls). See sodd.drain.
+    drain_grace_seconds: float = 5.0
+    # Connections older than this get a GOAWAY (gRPC adds +-10 % jitter), so long-lived clients
+    # reconnect and spread onto new daemons; 0 keeps connections for good. Calls still running
+    # then get max_connection_age_grace_seconds before the connection is closed.
+    max_connection_age_seconds: float = 0.0
+    max_connection_age_grace_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.models and self.model_repository is None:
@@ -114,8 +142,9 @@ class ServeConfig:
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
-        if not (self.max_image_megapixels > 0 and math.isfinite(self.max_image_megapixels)):
-            raise ValueError("max_image_megapixels must be a positive number")
+        for key in ("max_image_megapixels", "max_request_megapixels", "max_model_input_megapixels"):
+            if not (getattr(self, key) > 0 and math.isfinite(getattr(self, key))):
+                raise ValueError(f"{key} must be a positive number")
         if self.max_message_bytes < 1024:
             raise ValueError("max_message_bytes must be at least 1024")
         if self.settle_seconds < 0 or self.debounce_seconds <= 0:
@@ -123,6 +152,12 @@ class ServeConfig:
         if min(self.max_stream_frames, self.max_streams, self.max_request_images, self.max_concurrent_rpcs) < 1:
             raise ValueError("max_stream_frames, max_streams, max_request_images and max_concurrent_rpcs "
                              "must be at least 1")
+        if min(self.max_inference_calls, self.max_management_calls, self.max_health_watches,
+               self.max_calls_per_peer) < 1:
+            raise ValueError("max_inference_calls, max_management_calls, max_health_watches and max_calls_per_peer "
+                             "must be at least 1")
+        if not (self.request_body_timeout_seconds > 0 and math.isfinite(self.request_body_timeout_seconds)):
+            raise ValueError("request_body_timeout_seconds must be a finite number above 0")
         if self.max_pending < 1 or self.preprocess_workers < 1:
             raise ValueError("max_pending and preprocess_workers must be at least 1")
         host_port = self.metrics_listen.rpartition(":")
@@ -140,10 +175,21 @@ class ServeConfig:
             raise ValueError(f"unix_socket_mode {self.unix_socket_mode:#o} is not a file mode")
         if not (self.drain_timeout_seconds >= 0 and math.isfinite(self.drain_timeout_seconds)):
             raise ValueError("drain_timeout_seconds must be a finite number >= 0")
+        for key in ("drain_grace_seconds", "max_connection_age_seconds", "max_connection_age_grace_seconds"):
+            if not (getattr(self, key) >= 0 and math.isfinite(getattr(self, key))):
+                raise ValueError(f"{key} must be a finite number >= 0")
 
     @property
     def max_pixels(self) -> int:
         return int(self.max_image_megapixels * 1_000_000)
+
+    @property
+    def max_request_pixels(self) -> int:
+        return int(self.max_request_megapixels * 1_000_000)
+
+    @property
+    def max_model_input_pixels(self) -> int:
+        return int(self.max_model_input_megapixels * 1_000_000)
 
     @property
     def default_model(self) -> str | None:

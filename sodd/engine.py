@@ -23,9 +23,8 @@ import asyncio
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, wait
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +57,19 @@ class ImageResult:
     batch_size: int
 
 
+class Admission:
+    """Places a request holds in its model's budget; `release` gives them back, once."""
+
+    def __init__(self, runner: ModelRunner, images: int) -> None:
+        self._runner: ModelRunner | None = runner
+        self.images = images
+
+    def release(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner._release(self.images)
+
+
 @dataclass(eq=False)
 class _Job:
     future: Future
@@ -87,7 +99,7 @@ class ModelRunner:
         # Told the number of images in each predictor run (metrics set it once the model serves).
         self.observe_batch: Callable[[int], None] | None = None
         self._queue: deque[_Job] = deque()
-        self._admitted = 0  # images of requests inside the daemon (see admission)
+        self._admitted = 0  # network runs of requests inside the daemon (see admit)
         self._cond = threading.Condition()
         self._stopping = False
         self._running = 0  # batches on predictors now
@@ -107,25 +119,25 @@ class ModelRunner:
         """Images waiting for a predictor."""
         return len(self._queue)
 
-    @contextmanager
-    def admission(self, images: int) -> Iterator[None]:
-        """Hold places for a request's images from arrival to answer, refusing at once when full.
+    def admit(self, images: int) -> Admission:
+        """Hold places for a request's network runs from admission to answer, refusing at once when full.
 
-        Counting from arrival, not from the queue, keeps decoding and preprocessing bounded too:
+        Counting from admission, not from the queue, keeps decoding and preprocessing bounded too:
         under overload the daemon answers RESOURCE_EXHAUSTED in microseconds instead of letting
-        every stage's backlog grow.
+        every stage's backlog grow. A request that could never fit is the caller's to refuse
+        (INVALID_ARGUMENT), so this refusal always means "retry later".
         """
         with self._cond:
             if self._admitted + images > self.max_pending:
                 raise ResourceExhausted(
-                    f"the model is full ({self._admitted} images in the daemon, limit {self.max_pending}); "
+                    f"the model is full ({self._admitted} network runs admitted, limit {self.max_pending}); "
                     "retry later")
             self._admitted += images
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._admitted -= images
+        return Admission(self, images)
+
+    def _release(self, images: int) -> None:
+        with self._cond:
+            self._admitted -= images
 
     # -- submitting ------------------------------------------------------------------------
 

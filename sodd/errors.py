@@ -45,3 +45,7 @@ class ModelDirError(SoddError):
     """A model directory that cannot be served; the message names the file and what is wrong."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class PermissionDenied(SoddError):
+    code = grpc.StatusCode.PERMISSION_DENIED

@@ -82,8 +82,18 @@ class Aborted(Exception):
 
 
 class FakeContext:
+    def __init__(self) -> None:
+        self.code: grpc.StatusCode | None = None
+        self.details = ""
+
     def time_remaining(self) -> float | None:
         return None
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
 
     async def abort(self, code: grpc.StatusCode, details: str) -> None:
         raise Aborted(code, details)
@@ -111,17 +121,20 @@ class RequestPath:
         self.service = DetectorService(self.config, self.registry, self.manager)
 
     def detect(self, request: pb.DetectRequest) -> Outcome:
-        return self._call(self.service.Detect(request, FakeContext()))
+        context = FakeContext()
+        return self._call(self.service.Detect(request, context), context)
 
     def detect_batch(self, request: pb.DetectBatchRequest) -> Outcome:
-        return self._call(self.service.DetectBatch(request, FakeContext()))
+        context = FakeContext()
+        return self._call(self.service.DetectBatch(request, context), context)
 
-    def _call(self, coroutine) -> Outcome:  # noqa: ANN001 - a servicer coroutine
+    def _call(self, coroutine, context: FakeContext) -> Outcome:  # noqa: ANN001 - a servicer coroutine
         try:
             self.loop.run_until_complete(asyncio.wait_for(coroutine, timeout=30))
         except Aborted as exc:
             return Outcome(exc.code, exc.details)
-        return Outcome(grpc.StatusCode.OK)
+        # A status set without aborting, as the servicer answers request errors.
+        return Outcome(context.code or grpc.StatusCode.OK, context.details)
 
     def close(self) -> None:
         self.service.close()

@@ -14,14 +14,18 @@ import inspect
 import logging
 import math
 import platform
+import selectors
+import socket
 import threading
 import time
+import traceback
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import prometheus_client
@@ -35,16 +39,13 @@ from prometheus_client import (
     Info,
     PlatformCollector,
     ProcessCollector,
-    start_http_server,
+    make_wsgi_app,
 )
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from sodd.logs import log_request
 from sodd.registry import ModelEvent, ModelRegistry, ModelState, ServedModel
-
-if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ DETECT_METHODS = {"/sodd.v1.Detector/Detect": "Detect", "/sodd.v1.Detector/Detec
 # Camera frames: one request per frame, each answered by a response or an error of its own.
 STREAM_METHOD = "/sodd.v1.Detector/DetectStream"
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+CANCEL_CAUSES = ("client", "deadline", "shutdown")
 
 
 def _package_version(name: str) -> str:
@@ -145,6 +147,14 @@ class Metrics:
                                        buckets=LOAD_BUCKETS, registry=r)
         self.swap_failures = Counter("sodd_model_swap_failures", "Swaps that failed and left the old version "
                                      "serving, labelled with the version that failed.", MODEL_LABELS, registry=r)
+        self.cancelled = Counter("sodd_requests_cancelled", "Detection requests that ended CANCELLED or "
+                                 "DEADLINE_EXCEEDED, by cause: client (cancelled or gone), deadline, shutdown.",
+                                 ("method", "cause"), registry=r)
+        for method in (*DETECT_METHODS.values(), "DetectStream"):
+            for cause in CANCEL_CAUSES:
+                self.cancelled.labels(method, cause)
+        self.watch_failures = Counter("sodd_model_watch_failures", "Times the model-directory watcher failed "
+                                      "(it retries with backoff).", registry=r)
         self._start_request_series((UNKNOWN, UNKNOWN, UNKNOWN), latency=False)
         build = Info("sodd_build", "The daemon's version and its main runtime components.", registry=r)
         build.info({"version": _package_version("sodd"), "python": platform.python_version(),
@@ -186,9 +196,11 @@ class _ModelLifecycle:
     """Turns registry events into load and swap series. A load that starts while any version of the
     model serves (a newer version, or the same one re-read after its files changed) is a swap."""
 
-    def __init__(self, metrics: Metrics, registry: ModelRegistry) -> None:
+    def __init__(self, metrics: Metrics, registry: ModelRegistry,
+                 shutting_down: Callable[[], bool] = lambda: False) -> None:
         self._metrics = metrics
         self._registry = registry
+        self._shutting_down = shutting_down
         self._lock = threading.Lock()
         self._loading: dict[tuple[str, int], tuple[float, bool]] = {}
 
@@ -248,6 +260,7 @@ class _Outcome:
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
     results: list[Any] = field(default_factory=list)
     error: str = ""
+    cause: str = ""  # why a request was cancelled: one of CANCEL_CAUSES
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
@@ -256,9 +269,11 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
     carries. It also gives each request an id before the service sees it, so the id the client gets
     back, the service's own log lines and the request log line all agree."""
 
-    def __init__(self, metrics: Metrics, registry: ModelRegistry) -> None:
+    def __init__(self, metrics: Metrics, registry: ModelRegistry,
+                 shutting_down: Callable[[], bool] = lambda: False) -> None:
         self._metrics = metrics
         self._registry = registry
+        self._shutting_down = shutting_down
 
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                                 handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
@@ -288,6 +303,16 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer)
         return handler
 
+    def record_refusal(self, method: str, code: grpc.StatusCode, details: str) -> None:
+        """A detection call refused before its request was read (call budgets, body deadline): counted
+        and logged like an answered one, under unknown model labels."""
+        name = DETECT_METHODS.get(method) or ("DetectStream" if method == STREAM_METHOD else None)
+        if name is None:
+            log.debug("%s refused: %s %s", method, code.name, details)
+            return
+        outcome = _Outcome((UNKNOWN, UNKNOWN, UNKNOWN), "", code, error=details)
+        self._end(name, outcome, time.perf_counter(), counted_in_flight=False, refused=True)
+
     def _labels(self, request: Any) -> tuple[str, str, str]:
         """The model a request will run on, resolved as the service will resolve it."""
         try:
@@ -312,26 +337,27 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         self._metrics.in_flight.labels(*outcome.labels).inc()
         return outcome
 
-    def _end(self, method: str, outcome: _Outcome, started: float, counted_in_flight: bool = True) -> None:
+    def _end(self, method: str, outcome: _Outcome, started: float, counted_in_flight: bool = True,
+             refused: bool = False) -> None:
         if counted_in_flight:
             self._metrics.in_flight.labels(*outcome.labels).dec()
         try:
-            self._record(method, outcome, time.perf_counter() - started)
+            self._record(method, outcome, time.perf_counter() - started, refused)
         except Exception:  # a metrics bug must not turn an answer into an error
             log.exception("recording metrics for %s failed", method)
 
-    @staticmethod
-    def _failed(exc: BaseException, context: grpc.aio.ServicerContext, outcome: _Outcome) -> None:
+    def _failed(self, exc: BaseException, context: grpc.aio.ServicerContext, outcome: _Outcome) -> None:
         if isinstance(exc, grpc.aio.AbortError):
             outcome.code = context.code() or grpc.StatusCode.UNKNOWN
             outcome.error = context.details() or ""
         elif isinstance(exc, Exception):
             outcome.code = grpc.StatusCode.UNKNOWN
             outcome.error = f"{type(exc).__name__}: {exc}"
-        else:  # cancelled by the client or by its deadline
+        else:  # cancelled: by the client, by its deadline, or by the daemon stopping
             remaining = context.time_remaining()
             expired = remaining is not None and remaining <= 0
             outcome.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+            outcome.cause = "deadline" if expired else "shutdown" if self._shutting_down() else "client"
 
     async def _observe(self, method: str, behaviour: Callable[..., Any], request: Any,
                        context: grpc.aio.ServicerContext) -> Any:
@@ -341,11 +367,16 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             result = behaviour(request, context)
             response = await result if inspect.isawaitable(result) else result
             outcome.code = context.code() or grpc.StatusCode.OK
-            if isinstance(response, Message) and outcome.code == grpc.StatusCode.OK:
+            if outcome.code != grpc.StatusCode.OK:  # answered with a status set, not aborted
+                outcome.error = context.details() or ""
+            elif isinstance(response, Message):
                 outcome.results = list(response.results) if method == "DetectBatch" else [response]
             return response
         except BaseException as exc:
             self._failed(exc, context, outcome)
+            # The finished handler's frames hold the request; cleared, no cycle through the failure
+            # can keep its payload alive until a full garbage collection.
+            traceback.clear_frames(exc.__traceback__)
             raise
         finally:
             self._end(method, outcome, started)
@@ -388,7 +419,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 outcome.error = failure.error if failure else "the stream ended before this frame's answer"
                 self._end(method, outcome, started)
 
-    def _record(self, method: str, outcome: _Outcome, seconds: float) -> None:
+    def _record(self, method: str, outcome: _Outcome, seconds: float, refused: bool = False) -> None:
         results = outcome.results
         labels = outcome.labels
         if results:  # the response names what actually ran
@@ -398,12 +429,15 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         code = outcome.code.name
         m.requests.labels(*labels, method, code).inc()
         m.request_duration.labels(*labels, method, code).observe(seconds)
+        if outcome.cause:
+            m.cancelled.labels(method, outcome.cause).inc()
         self._record_results(labels, results)
         log_request({
             "method": method, "request_id": outcome.request_id, "model": labels[0], "version": labels[1],
             "device": labels[2], "code": code, "latency_seconds": seconds, "images": len(results),
             "detections": sum(len(r.boxes) for r in results), **({"error": outcome.error} if outcome.error else {}),
-        })
+            **({"cause": outcome.cause} if outcome.cause else {}),
+        }, quiet=refused)
 
     def _record_results(self, labels: tuple[str, str, str], results: list[Any]) -> None:
         if not results:
@@ -441,6 +475,15 @@ def _frame_answer(outcome: _Outcome, answer: Any) -> None:
             outcome.results = [answer.response]
 
 
+# The metrics endpoint's bounds (MetricsEndpoint): threads rendering answers, connections waiting
+# for their request at once, how long one may take to send it, and how long it may be.
+METRICS_WORKERS = 2
+METRICS_CONNECTIONS = 256
+METRICS_TIMEOUT_SECONDS = 5.0
+METRICS_HEAD_BYTES = 16 * 1024
+METRICS_BACKLOG = 128
+
+
 def split_listen(listen: str) -> tuple[str, int]:
     """HOST:PORT, with [v6] brackets, into a host and a port."""
     host, sep, port = listen.rpartition(":")
@@ -450,15 +493,45 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 
 class MetricsEndpoint:
-    """prometheus-client's threaded HTTP server: scrapes never wait on the asyncio loop, so a
-    busy daemon still answers Prometheus."""
+    """The HTTP endpoint Prometheus scrapes, on threads of its own: scrapes never wait on the
+    asyncio loop, so a busy daemon still answers Prometheus.
+
+    prometheus-client's own server gives every connection a thread and waits on it without a
+    timeout: 1,000 idle connections made 1,023 threads, and a scrape after them timed out. Here
+    one thread waits on every connection until its request head has arrived (at most
+    METRICS_HEAD_BYTES, within METRICS_TIMEOUT_SECONDS, or the connection is closed), at most
+    METRICS_CONNECTIONS connections wait at once (a new one closes the oldest), and
+    METRICS_WORKERS threads render the answers with prometheus-client's WSGI app. Each answer
+    closes its connection (Prometheus opens one per scrape when asked to)."""
 
     def __init__(self, listen: str, registry: CollectorRegistry) -> None:
         host, port = split_listen(listen)
-        self._server: WSGIServer
-        self._server, self._thread = start_http_server(port, host, registry)
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                      flags=socket.AI_PASSIVE)[0]
+        self._listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._listener.bind(address)
+            self._listener.listen(METRICS_BACKLOG)
+        except OSError:
+            self._listener.close()
+            raise
+        self._listener.setblocking(False)
+        self._app = make_wsgi_app(registry)
         self.host = host
-        self.port: int = self._server.server_port
+        self.port: int = self._listener.getsockname()[1]
+        self._selector = selectors.DefaultSelector()
+        self._wake_read, self._wake_write = socket.socketpair()
+        self._selector.register(self._listener, selectors.EVENT_READ)
+        self._selector.register(self._wake_read, selectors.EVENT_READ)
+        # Connections waiting for their request head, oldest first: (deadline, bytes so far).
+        self._waiting: dict[socket.socket, tuple[float, bytearray]] = {}
+        self._workers = ThreadPoolExecutor(METRICS_WORKERS, thread_name_prefix="sodd-metrics")
+        self._queued = 0  # answers handed to the workers and not finished; read and written under _lock
+        self._lock = threading.Lock()
+        self._closing = False
+        self._thread = threading.Thread(target=self._serve, name="sodd-metrics-accept", daemon=True)
+        self._thread.start()
 
     @property
     def url(self) -> str:
@@ -466,6 +539,118 @@ class MetricsEndpoint:
         return f"http://{host}:{self.port}/metrics"
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._closing = True
+        self._wake_write.send(b"x")
         self._thread.join(5)
+        self._workers.shutdown(wait=True, cancel_futures=True)
+
+    # -- the waiting thread ------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        try:
+            while not self._closing:
+                timeout = None
+                if self._waiting:
+                    timeout = max(0.0, next(iter(self._waiting.values()))[0] - time.monotonic())
+                for key, _ in self._selector.select(timeout):
+                    if key.fileobj is self._listener:
+                        self._accept()
+                    elif key.fileobj is not self._wake_read:
+                        self._receive(key.fileobj)  # type: ignore[arg-type]
+                now = time.monotonic()
+                for conn, (deadline, _) in list(self._waiting.items()):
+                    if deadline > now:
+                        break  # oldest first: the rest have later deadlines
+                    self._drop(conn)
+        finally:
+            for conn in list(self._waiting):
+                self._drop(conn)
+            self._selector.close()
+            self._listener.close()
+            self._wake_read.close()
+            self._wake_write.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of descriptors, for one: the connections waiting are closed in time
+                log.warning("metrics endpoint cannot accept a connection: %s", exc)
+                return
+            if len(self._waiting) >= METRICS_CONNECTIONS:
+                self._drop(next(iter(self._waiting)))
+            conn.setblocking(False)
+            self._waiting[conn] = (time.monotonic() + METRICS_TIMEOUT_SECONDS, bytearray())
+            self._selector.register(conn, selectors.EVENT_READ)
+
+    def _receive(self, conn: socket.socket) -> None:
+        try:
+            data = conn.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        head = self._waiting[conn][1]
+        head += data
+        if not data or len(head) > METRICS_HEAD_BYTES:
+            self._drop(conn)
+        elif b"\r\n\r\n" in head:
+            self._selector.unregister(conn)
+            del self._waiting[conn]
+            with self._lock:
+                busy = self._queued >= METRICS_WORKERS * 4
+                if not busy:
+                    self._queued += 1
+            if busy:  # scrapes arrive far slower than workers answer them: this is a flood
+                conn.close()
+            else:
+                self._workers.submit(self._answer, conn, bytes(head))
+
+    def _drop(self, conn: socket.socket) -> None:
+        self._selector.unregister(conn)
+        del self._waiting[conn]
+        conn.close()
+
+    # -- the workers -------------------------------------------------------------------------
+
+    def _answer(self, conn: socket.socket, head: bytes) -> None:
+        try:
+            conn.setblocking(True)
+            conn.settimeout(METRICS_TIMEOUT_SECONDS)
+            conn.sendall(self._response(head))
+        except OSError:
+            pass  # the client went away or stopped reading: nothing to tell it
+        except Exception:  # noqa: BLE001 - a bug here must not end the worker
+            log.exception("metrics endpoint failed to answer")
+        finally:
+            conn.close()
+            with self._lock:
+                self._queued -= 1
+
+    def _response(self, head: bytes) -> bytes:
+        request_line, *header_lines = head.decode("latin-1").split("\r\n")
+        parts = request_line.split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        method, target, _ = parts
+        path, _, query = target.partition("?")
+        headers = {}
+        for line in header_lines:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query,
+                   "HTTP_ACCEPT": headers.get("accept", ""),
+                   "HTTP_ACCEPT_ENCODING": headers.get("accept-encoding", ""), "SERVER_PROTOCOL": "HTTP/1.1"}
+        started: list[Any] = []
+
+        def start_response(status: str, response_headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+            started[:] = [status, response_headers]
+
+        body = b"".join(self._app(environ, start_response))
+        status, response_headers = started
+        lines = [f"HTTP/1.1 {status}", *(f"{k}: {v}" for k, v in response_headers),
+                 f"Content-Length: {len(body)}", "Connection: close", "", ""]
+        return "\r\n".join(lines).encode("latin-1") + (b"" if method == "HEAD" else body)

@@ -35,15 +35,3 @@ def boxes_per_image(outputs: Sequence[np.ndarray], prepared: Sequence[Prepared],
         finish(r, threshold, model.label_list, p.original_hw[1], p.original_hw[0], max_detections)
         for r, p in zip(rows, prepared, strict=True)
     ]
-
-
-def same_shape_runs(prepared: Sequence[Prepared], max_batch: int) -> list[range]:
-    """Consecutive index ranges that can be stacked into one batch of at most `max_batch`."""
-    runs: list[range] = []
-    start = 0
-    for i in range(1, len(prepared) + 1):
-        if (i == len(prepared) or i - start >= max_batch
-                or prepared[i].image.shape != prepared[start].image.shape):
-            runs.append(range(start, i))
-            start = i
-    return runs

@@ -33,6 +33,8 @@ from sodd.plugin import HardwarePlugin, PluginProblem, Predictor
 
 log = logging.getLogger(__name__)
 WARMUP_RUNS = 2
+WARMUP_SIZE = (640, 640)  # for programs without a fixed input size
+DEFAULT_MAX_INPUT_PIXELS = 16_000_000
 # Device types whose plugins run on the host CPU and so take `sodd serve --threads`.
 CPU_DEVICE_TYPES = ("cpu", "openvino", "onnxruntime")
 
@@ -123,9 +125,18 @@ class VersionStatus:
     path: Path | None = None
 
 
+def check_input_size(model_dir: ModelDir, max_pixels: int) -> None:
+    """Refuse, before any predictor exists, a network input that warm-up and every request would
+    have to allocate: loading is bounded by configuration like requests are."""
+    height, width = model_dir.input_size or WARMUP_SIZE
+    if height * width > max_pixels:
+        raise ModelDirError(f"inference.yml asks for a {width}x{height} network input, above the limit of "
+                            f"{max_pixels / 1e6:g} megapixels (max_model_input_megapixels)")
+
+
 def warm_up(served: ServedModel, runs: int = WARMUP_RUNS) -> None:
     """Run a neutral image through the whole path and check the output signature."""
-    h, w = served.model_dir.input_size or (640, 640)
+    h, w = served.model_dir.input_size or WARMUP_SIZE
     image = np.full((h, w, 3), 114, dtype=np.uint8)
     prepared = pipeline.prepare_images(served.model_dir, [image])
     for _ in range(runs):
@@ -148,8 +159,10 @@ def warm_up(served: ServedModel, runs: int = WARMUP_RUNS) -> None:
 
 class ModelRegistry:
     def __init__(self, plugins: dict[str, HardwarePlugin], *, max_pending: int,
-                 cpu_threads: int | None = None, plugin_problems: list[PluginProblem] | None = None) -> None:
+                 cpu_threads: int | None = None, plugin_problems: list[PluginProblem] | None = None,
+                 max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS) -> None:
         self._plugins = plugins
+        self._max_input_pixels = max_input_pixels
         self.plugin_problems = list(plugin_problems or [])
         self._max_pending = max_pending
         self._cpu_threads = cpu_threads
@@ -238,6 +251,7 @@ class ModelRegistry:
 
     def _load(self, config: ModelConfig, version: int, path: Path, fingerprint: tuple) -> ServedModel:
         model_dir = read_model_dir(path)
+        check_input_size(model_dir, self._max_input_pixels)
         if config.high_performance:
             # The fastest CPU backend whose boxes agree with Paddle fp32; its label names the device.
             selection = select_backend(model_dir, lambda spec: self._load_on(model_dir, spec), name=config.name)

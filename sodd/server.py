@@ -8,15 +8,21 @@ from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
+from sodd.auth import is_local_peer
+from sodd.budgets import BudgetInterceptor, grpc_ceiling
 from sodd.config import ServeConfig
 from sodd.drain import DrainInterceptor, drain
+from sodd.health import HealthServicer
+from sodd.kserve import InferenceService
 from sodd.lifecycle import ReloadCallback, catch_signals, run_until_stopped, start_watchdog
 from sodd.listeners import add_listeners
 from sodd.manager import ModelManager
 from sodd.metrics import Metrics, MetricsEndpoint, MetricsInterceptor
+from sodd.oip import grpc_service_pb2 as oip_pb2
+from sodd.oip import grpc_service_pb2_grpc as oip_pb2_grpc
 from sodd.plugin import discover_plugins
+from sodd.reflection import enable_reflection
 from sodd.registry import ModelEvent, ModelRegistry
 from sodd.sdnotify import Notifier
 from sodd.service import DetectorService
@@ -32,20 +38,33 @@ def create_registry(config: ServeConfig, metrics: Metrics | None = None) -> Mode
     for problem in problems:
         log.warning("hardware plugin %s is not usable: %s", problem.name, problem.reason)
     registry = ModelRegistry(plugins, max_pending=config.max_pending, cpu_threads=config.cpu_threads,
-                             plugin_problems=problems)
+                             plugin_problems=problems, max_input_pixels=config.max_model_input_pixels)
     if metrics is not None:
         metrics.watch(registry)
     return registry
 
 
-def track_model_health(registry: ModelRegistry, health_servicer: health.aio.HealthServicer) -> None:
-    """Each model name is a health service: SERVING while any of its versions serves."""
+def default_serving(registry: ModelRegistry) -> bool:
+    """Whether a request without a model name would be served: the overall health. Without a
+    default model (a repository that has none yet), whether any model serves."""
+    if registry.default_name is not None:
+        return bool(registry.versions(registry.default_name))
+    return bool(registry.models())
+
+
+def track_model_health(registry: ModelRegistry, health_servicer: health.aio.HealthServicer,
+                       overall: tuple[str, ...] = ()) -> None:
+    """Each model name is a health service: SERVING while any of its versions serves. The `overall`
+    names ("" and the Detector service) follow the default model, so that unloading it shows."""
     loop = asyncio.get_running_loop()
 
+    def state(serving: bool) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
+        return health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+
     async def update(name: str) -> None:
-        state = health_pb2.HealthCheckResponse.SERVING if registry.versions(name) \
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        await health_servicer.set(name, state)
+        await health_servicer.set(name, state(bool(registry.versions(name))))
+        for service in overall:
+            await health_servicer.set(service, state(default_serving(registry)))
 
     def on_event(event: ModelEvent) -> None:
         loop.call_soon_threadsafe(lambda: loop.create_task(update(event.name)))
@@ -90,6 +109,16 @@ class MetricsListener:
             self.endpoint.close()
 
 
+def server_options(config: ServeConfig) -> list[tuple[str, int]]:
+    options = [("grpc.max_receive_message_length", config.max_message_bytes),
+               ("grpc.max_send_message_length", config.max_message_bytes)]
+    if config.max_connection_age_seconds > 0:
+        # A GOAWAY to old connections, so clients reconnect and spread over the daemons behind a name.
+        options += [("grpc.max_connection_age_ms", int(config.max_connection_age_seconds * 1000)),
+                    ("grpc.max_connection_age_grace_ms", int(config.max_connection_age_grace_seconds * 1000))]
+    return options
+
+
 async def serve(config: ServeConfig, reload_config: Callable[[], ServeConfig] | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then drain. `reload_config` re-reads the configuration on SIGHUP."""
     notifier = Notifier.from_environment()
@@ -100,37 +129,52 @@ async def serve(config: ServeConfig, reload_config: Callable[[], ServeConfig] | 
     # Before loading, so slow loads can be watched.
     endpoint = MetricsListener(config.metrics_listen, metrics) if config.metrics_listen else None
     registry = create_registry(config, metrics)
-    manager = ModelManager(registry, config)
+    manager = ModelManager(registry, config, on_watch_failure=metrics.watch_failures.inc)
     try:
         await manager.start()
     except BaseException:
         registry.close()
         raise
     draining = DrainInterceptor()
-    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics, registry), draining]
-    if settings.tokens is not None:
-        settings.tokens.default_model = lambda: registry.default_name
-        interceptors.append(settings.tokens)
-    # gRPC itself bounds the calls in progress: beyond that it answers RESOURCE_EXHAUSTED without
-    # reading the request, so a flood cannot pile requests up in memory faster than the loop refuses them.
-    server = grpc.aio.server(interceptors=interceptors, maximum_concurrent_rpcs=config.max_concurrent_rpcs, options=[
-        ("grpc.max_receive_message_length", config.max_message_bytes),
-        ("grpc.max_send_message_length", config.max_message_bytes),
-    ])
+    access = settings.tokens
+    access.default_model = lambda: registry.default_name
+    # The servicer says when it answers a DetectStream frame for a model the caller may not use itself.
+    access.stream_frames_checked = bool(getattr(DetectorService, "CHECKS_STREAM_FRAME_RIGHTS", False))
+    # Budgets first: a call is admitted (or refused, before its body is read) before anything else
+    # counts it; see sodd.budgets. gRPC's own limit stays as a ceiling above the budgets.
+    observer = MetricsInterceptor(metrics, registry, lambda: not draining.accepting)
+    budgets = BudgetInterceptor(config, access.refuses, observer.record_refusal)
+    interceptors: list[grpc.aio.ServerInterceptor] = [budgets, observer, draining, access]
+    server = grpc.aio.server(interceptors=interceptors, maximum_concurrent_rpcs=grpc_ceiling(config),
+                             options=server_options(config))
     service = DetectorService(config, registry, manager)
     detector_pb2_grpc.add_DetectorServicer_to_server(service, server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    stopping = False
+
+    def ready() -> bool:
+        return not stopping and default_serving(registry)
+
+    def local_manage_only(context: grpc.aio.ServicerContext) -> bool:
+        # Without a tokens file, loading and unloading stay local unless allowed (as LoadModel).
+        return access.tokens is None and not access.allow_remote_management \
+            and not is_local_peer(context.peer() or "")
+
+    inference = InferenceService(service.detector, manager, metrics, budgets, ready, local_manage_only,
+                                 config.max_streams)
+    oip_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
     names = (detector_pb2.DESCRIPTOR.services_by_name["Detector"].full_name,
-             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
-    reflection.enable_server_reflection(names, server)
+             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             oip_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name)
+    health_servicer = HealthServicer(always_answered=names[:1])
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    enable_reflection(names, server)
     addresses = add_listeners(server, config, settings.certificates)
     signals = catch_signals()
     await server.start()
     serving = health_pb2.HealthCheckResponse.SERVING
     await health_servicer.set("", serving)
     await health_servicer.set(names[0], serving)
-    track_model_health(registry, health_servicer)
+    track_model_health(registry, health_servicer, ("", names[0]))
     manager.start_watching()
     log.info("listening on %s, models: %s", ", ".join(addresses),
              ", ".join(f"{m.name} ({m.model_dir.model_name} on {m.device})" for m in registry.models()))
@@ -148,12 +192,14 @@ async def serve(config: ServeConfig, reload_config: Callable[[], ServeConfig] | 
 
     reload_callbacks: list[ReloadCallback] = [settings.reload, follow_models]
     signal_name = (await run_until_stopped(signals, notifier, reload_callbacks, status)).name
-    timeout = settings.config.drain_timeout_seconds
-    log.info("%s: refusing new requests, letting %d in-flight ones finish (up to %.0f s)", signal_name,
-             draining.running, timeout)
-    notifier.stopping(f"draining {draining.running} in-flight requests (up to {timeout:.0f} s)")
+    timeout, grace = settings.config.drain_timeout_seconds, settings.config.drain_grace_seconds
+    # Health first, at once: balancers start taking the daemon out while it still answers (sodd.drain).
+    stopping = True
     await health_servicer.enter_graceful_shutdown()
-    cut = await drain(server, draining, timeout)
+    log.info("%s: health NOT_SERVING; then refusing new requests and letting %d in-flight ones finish "
+             "(up to %.0f s)", signal_name, draining.running, timeout)
+    notifier.stopping(f"draining {draining.running} in-flight requests (up to {timeout:.0f} s)")
+    cut = await drain(server, draining, grace, timeout)
     if cut:
         log.warning("drain timeout: %d requests were cancelled", cut)
     await manager.close()

@@ -8,25 +8,35 @@ failing backend never takes the daemon down.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-import math
 import time
+import traceback
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import grpc
-import numpy as np
 
-from sodd import pipeline
+from sodd.auth import caller_rights
 from sodd.config import ServeConfig
-from sodd.errors import InvalidArgument, NotFound, SoddError
+from sodd.detection import (
+    SLICING_FIELDS,
+    Detections,
+    DetectOptions,
+    Detector,
+    DetectResult,
+    ImageInput,
+    Limits,
+    RawImage,
+    SlicingRequest,
+)
+from sodd.errors import InvalidArgument, NotFound, PermissionDenied, SoddError
+from sodd.heap import HeapTrimmer
+from sodd.logs import quote
 from sodd.manager import ModelManager
-from sodd.model.decode import decode_encoded, decode_raw
-from sodd.model.postprocess import Box, Threshold, finish, resolve_threshold
-from sodd.model.slicing import SliceOptions, crops_for, merge_crop_rows
+from sodd.model.postprocess import Threshold, resolve_threshold
+from sodd.names import check_name
 from sodd.registry import ModelEvent, ModelRegistry, ModelState, ServedModel, VersionStatus
 from sodd.v1 import detector_pb2 as pb
 from sodd.v1 import detector_pb2_grpc as pb_grpc
@@ -34,8 +44,7 @@ from sodd.v1 import detector_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 WATCH_QUEUE_LIMIT = 1000
-SLICING_FIELDS = ("slice_height", "slice_width", "overlap_height_ratio", "overlap_width_ratio", "full_image",
-                  "merge", "match_metric", "match_threshold", "class_agnostic", "auto")
+REQUEST_ID_LIMIT = 128
 STATE_MESSAGES = {
     ModelState.LOADING: pb.MODEL_STATE_LOADING,
     ModelState.READY: pb.MODEL_STATE_READY,
@@ -45,35 +54,39 @@ STATE_MESSAGES = {
 }
 
 
-def request_threshold(request: pb.DetectRequest | pb.DetectBatchRequest,
-                      labels: tuple[str, ...]) -> Threshold | None:
+def request_threshold(request: pb.DetectRequest | pb.DetectBatchRequest) -> Threshold | None:
+    """The request's threshold as sent; the detection core checks it against the model's labels."""
     kind = request.WhichOneof("threshold_spec")
     if kind == "threshold":
-        value = request.threshold
-        if math.isnan(value) or not 0 <= value <= 1:
-            raise InvalidArgument(f"threshold must be a number in [0, 1], got {value}")
-        return float(value)
+        return float(request.threshold)
     if kind == "class_thresholds":
-        out: dict[int, float] = {}
-        for cls_id, value in request.class_thresholds.thresholds.items():
-            if not 0 <= cls_id < len(labels):
-                raise InvalidArgument(f"class_thresholds: class id {cls_id} is outside the model's "
-                                      f"{len(labels)} labels (0..{len(labels) - 1})")
-            if math.isnan(value) or not 0 <= value <= 1:
-                raise InvalidArgument(f"class_thresholds[{cls_id}] must be in [0, 1], got {value}")
-            out[cls_id] = float(value)
-        return out
+        return {int(k): float(v) for k, v in request.class_thresholds.thresholds.items()}
     return None
 
 
-def decode_image(image: pb.Image, max_pixels: int, field: str) -> np.ndarray:
+def image_input(image: pb.Image, field: str) -> ImageInput:
     kind = image.WhichOneof("source")
     if kind == "encoded":
-        return decode_encoded(image.encoded, max_pixels, f"{field}.encoded")
+        return ImageInput(image.encoded, field)
     if kind == "raw":
         raw = image.raw
-        return decode_raw(raw.height, raw.width, raw.channels, raw.data, max_pixels, f"{field}.raw")
-    raise InvalidArgument(f"{field} is missing: set {field}.encoded or {field}.raw")
+        return ImageInput(RawImage(raw.height, raw.width, raw.channels, raw.data), field)
+    return ImageInput(None, field)  # the core says it is missing, after the model is found
+
+
+def batch_inputs(request: pb.DetectBatchRequest) -> list[ImageInput]:
+    return [image_input(img, f"images[{i}]") for i, img in enumerate(request.images)]
+
+
+def detect_options(request: pb.DetectRequest | pb.DetectBatchRequest, deadline: float | None) -> DetectOptions:
+    slicing = None
+    if request.HasField("slicing"):
+        message = request.slicing
+        slicing = SlicingRequest(
+            enabled=message.enabled if message.HasField("enabled") else None,
+            given={f: getattr(message, f) for f in SLICING_FIELDS if message.HasField(f)})
+    return DetectOptions(threshold=request_threshold(request), max_detections=request.max_detections,
+                         slicing=slicing, deadline=deadline)
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
@@ -82,9 +95,22 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-def box_message(box: Box) -> pb.Box:
-    return pb.Box(cls_id=box.cls_id, label=box.label, score=box.score,
-                  xmin=box.xmin, ymin=box.ymin, xmax=box.xmax, ymax=box.ymax)
+def detect_response(result: DetectResult, image: Detections) -> pb.DetectResponse:
+    t = image.timings
+    boxes = [pb.Box(cls_id=int(c), label=label, score=float(score), xmin=float(x1), ymin=float(y1),
+                    xmax=float(x2), ymax=float(y2))
+             for c, label, score, (x1, y1, x2, y2) in zip(image.class_ids.tolist(), image.labels,
+                                                          image.scores.tolist(), image.boxes.tolist(), strict=True)]
+    return pb.DetectResponse(
+        request_id=result.request_id, boxes=boxes, image_width=image.image_width, image_height=image.image_height,
+        model=result.model, version=result.version, device=result.device, slices=image.slices,
+        timings=pb.StageTimings(decode_seconds=t.decode, preprocess_seconds=t.preprocess, queue_seconds=t.queue,
+                                inference_seconds=t.inference, postprocess_seconds=t.postprocess,
+                                batch_size=t.batch_size, slicing_seconds=t.slicing, merging_seconds=t.merging))
+
+
+def responses(result: DetectResult) -> list[pb.DetectResponse]:
+    return [detect_response(result, image) for image in result.images]
 
 
 def model_info(served: ServedModel, is_default: bool, threshold: float) -> pb.ModelInfo:
@@ -123,108 +149,74 @@ def _offer(queue: asyncio.Queue, event: ModelEvent) -> None:
 
 
 class DetectorService(pb_grpc.DetectorServicer):
+    """Translates protobuf to the detection core's typed values and back; nothing else."""
+
+    # A DetectStream frame for a model the caller's token may not use gets its own
+    # PERMISSION_DENIED answer; the stream and the frames around it go on (sodd.auth).
+    CHECKS_STREAM_FRAME_RIGHTS = True
+
     def __init__(self, config: ServeConfig, registry: ModelRegistry, manager: ModelManager) -> None:
         self._config = config
         self._registry = registry
         self._manager = manager
         self._open_streams = 0
         self._workers = ThreadPoolExecutor(config.preprocess_workers, thread_name_prefix="prep")
+        self._trimmer = HeapTrimmer()
+        self.detector = Detector(registry, Limits(config.max_pixels, config.max_request_pixels,
+                                                  config.max_request_images), self._workers, self._trimmer)
 
-    async def _in_worker(self, fn: Callable[..., T], *args: object) -> tuple[T, float]:
-        started = time.perf_counter()
-        result = await asyncio.get_running_loop().run_in_executor(self._workers, fn, *args)
-        return result, time.perf_counter() - started
+    async def _in_worker(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._workers, fn, *args)
 
-    async def _detect_images(self, served: ServedModel, images: Sequence[pb.Image], fields: Sequence[str],
-                             threshold: Threshold, max_detections: int, request_id: str,
-                             deadline: float | None = None, slicing: SliceOptions | None = None,
-                             ) -> list[pb.DetectResponse]:
-        model_dir = served.model_dir
-        decoded, decode_s = await self._in_worker(
-            lambda: [decode_image(img, self._config.max_pixels, f) for img, f in zip(images, fields, strict=True)])
-        # Each image becomes one network input, or its windows (+ the whole image) when slicing.
-        started = time.perf_counter()
-        plans = [crops_for(image, slicing, model_dir.input_size) if slicing else ([], [image]) for image in decoded]
-        slicing_s = time.perf_counter() - started if slicing else 0.0
-        inputs = [crop for _, crops in plans for crop in crops]
-        with served.runner.admission(len(inputs)):
-            prepared, preprocess_s = await self._in_worker(pipeline.prepare_images, model_dir, inputs)
-            results = await served.runner.run_images(prepared, deadline)
-        responses, at = [], 0
-        for image, (windows, crops) in zip(decoded, plans, strict=True):
-            mine, at = results[at:at + len(crops)], at + len(crops)
-            merge_start = time.perf_counter()
-            rows = merge_crop_rows([r.rows for r in mine], windows, slicing, threshold) if slicing else mine[0].rows
-            merging_s = time.perf_counter() - merge_start if slicing else 0.0
-            post_start = time.perf_counter()
-            height, width = image.shape[:2]
-            boxes = finish(rows, threshold, model_dir.label_list, width, height, max_detections)
-            responses.append(pb.DetectResponse(
-                request_id=request_id, boxes=[box_message(b) for b in boxes], image_width=width,
-                image_height=height, model=served.name, version=served.version, device=served.device,
-                slices=len(crops),
-                timings=pb.StageTimings(
-                    decode_seconds=decode_s, preprocess_seconds=preprocess_s,
-                    queue_seconds=max(r.queue_seconds for r in mine),
-                    inference_seconds=sum(r.inference_seconds for r in mine) if slicing else mine[0].inference_seconds,
-                    postprocess_seconds=time.perf_counter() - post_start, batch_size=mine[0].batch_size,
-                    slicing_seconds=slicing_s, merging_seconds=merging_s,
-                ),
-            ))
-        return responses
-
-    def _slicing(self, served: ServedModel, request: pb.DetectRequest | pb.DetectBatchRequest) -> SliceOptions | None:
-        """The request's slicing over the model's default; None runs the image whole."""
-        default = served.config.slicing
-        if not request.HasField("slicing"):
-            return default
-        message = request.slicing
-        if message.HasField("enabled") and not message.enabled:
-            return None
-        given = {f: getattr(message, f) for f in SLICING_FIELDS if message.HasField(f)}
-        # Without a default, the daemon picks the window size unless the request gives one.
-        options = dataclasses.asdict(default) if default else {"auto": True}
-        if {"slice_height", "slice_width"} & given.keys() and "auto" not in given:
-            options["auto"] = False
-        if given.get("auto"):
-            options.update(slice_height=0, slice_width=0)
-        options.update(given)
-        return SliceOptions(**options)
-
-    def _resolve(self, served: ServedModel, request: pb.DetectRequest | pb.DetectBatchRequest) -> Threshold:
-        return resolve_threshold(request_threshold(request, served.model_dir.label_list),
-                                 served.config.threshold, served.model_dir.draw_threshold)
-
-    async def _guard(self, context: grpc.aio.ServicerContext, work: Awaitable[T], what: str, request_id: str) -> T:
+    async def _guard(self, context: grpc.aio.ServicerContext, work: Awaitable[T], what: str, request_id: str,
+                     empty: Callable[[], T] | None = None) -> T:
+        """`work`'s answer, or its error as a status. With `empty`, an error is answered by setting
+        the status and returning an empty message rather than raising grpc's AbortError: an abort's
+        traceback runs through gRPC's own frames into a reference cycle that keeps the request (a
+        20 MB refused image kept 20 MB) until a full garbage collection."""
         try:
             return await work
         except SoddError as exc:
             log.debug("%s request_id=%s code=%s: %s", what, request_id, exc.code.name, exc.message)
-            await context.abort(exc.code, exc.message)
+            code, message = exc.code, exc.message
+            traceback.clear_frames(exc.__traceback__)  # the failed steps' frames hold the request's images
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as exc:  # noqa: BLE001 - a failing backend must not take the daemon down
             log.exception("%s request_id=%s failed", what, request_id)
-            await context.abort(grpc.StatusCode.INTERNAL, f"{what} failed: {type(exc).__name__}: {exc}")
-        raise AssertionError("unreachable")
+            code, message = grpc.StatusCode.INTERNAL, f"{what} failed: {type(exc).__name__}: {exc}"
+            traceback.clear_frames(exc.__traceback__)
+        if empty is None:
+            await context.abort(code, message)
+            raise AssertionError("unreachable")
+        context.set_code(code)
+        context.set_details(message)
+        return empty()
+
+    async def _detect(self, request: pb.DetectRequest | pb.DetectBatchRequest, images: list[ImageInput],
+                      request_id: str, deadline: float | None) -> list[pb.DetectResponse]:
+        check_name(request.model, "model")
+        check_name(request_id, "request_id", REQUEST_ID_LIMIT)
+        result = await self.detector.detect(request.model, request.version, images,
+                                            detect_options(request, deadline), request_id)
+        return await self._in_worker(responses, result)  # large answers are built off the loop
 
     async def _detect_one(self, request: pb.DetectRequest, request_id: str,
                           deadline: float | None) -> pb.DetectResponse:
-        with self._registry.lease(request.model, request.version) as served:
-            threshold = self._resolve(served, request)
-            (response,) = await self._detect_images(served, [request.image], ["image"], threshold,
-                                                    request.max_detections, request_id, deadline,
-                                                    self._slicing(served, request))
+        (response,) = await self._detect(request, [image_input(request.image, "image")], request_id, deadline)
         return response
 
     async def Detect(self, request: pb.DetectRequest, context: grpc.aio.ServicerContext) -> pb.DetectResponse:
         request_id = request.request_id or uuid.uuid4().hex
         return await self._guard(context, self._detect_one(request, request_id, deadline_of(context)),
-                                 "Detect", request_id)
+                                 "Detect", request_id, pb.DetectResponse)
 
     async def _stream_frame(self, request: pb.DetectRequest, deadline: float | None) -> pb.DetectStreamResponse:
         request_id = request.request_id or uuid.uuid4().hex
         try:
+            model = check_name(request.model, "model") or self._registry.default_name or ""
+            if not caller_rights().may_use(model):
+                raise PermissionDenied(f"this token has no right to model {quote(model)}")
             response = await self._detect_one(request, request_id, deadline)
         except SoddError as exc:
             log.debug("DetectStream request_id=%s code=%s: %s", request_id, exc.code.name, exc.message)
@@ -286,20 +278,15 @@ class DetectorService(pb_grpc.DetectorServicer):
         request_id = request.request_id or uuid.uuid4().hex
 
         async def work() -> pb.DetectBatchResponse:
-            with self._registry.lease(request.model, request.version) as served:
-                threshold = self._resolve(served, request)
-                if not request.images:
-                    raise InvalidArgument("images is empty: send at least one image")
-                if len(request.images) > self._config.max_request_images:
-                    raise InvalidArgument(f"images holds {len(request.images)} images; the limit is "
-                                          f"{self._config.max_request_images} per DetectBatch")
-                fields = [f"images[{i}]" for i in range(len(request.images))]
-                results = await self._detect_images(served, request.images, fields, threshold,
-                                                    request.max_detections, request_id, deadline_of(context),
-                                                    self._slicing(served, request))
+            if len(request.images) > self._config.max_request_images:  # before converting any image
+                raise InvalidArgument(f"images holds {len(request.images)} images; the limit is "
+                                      f"{self._config.max_request_images} per DetectBatch (max_request_images)")
+            # Reading 64 images out of the message copies their bytes: not on the loop.
+            images = await self._in_worker(batch_inputs, request)
+            results = await self._detect(request, images, request_id, deadline_of(context))
             return pb.DetectBatchResponse(request_id=request_id, results=results)
 
-        return await self._guard(context, work(), "DetectBatch", request_id)
+        return await self._guard(context, work(), "DetectBatch", request_id, pb.DetectBatchResponse)
 
     def _info(self, served: ServedModel) -> pb.ModelInfo:
         threshold = resolve_threshold(None, served.config.threshold, served.model_dir.draw_threshold)
@@ -318,6 +305,11 @@ class DetectorService(pb_grpc.DetectorServicer):
                             is_default=name == self._registry.default_name)
 
     def _all_infos(self, name: str | None = None) -> list[pb.ModelInfo]:
+        """Every version of every model (or of `name`) the caller may see."""
+        rights = caller_rights()
+        return [info for info in self._every_info(name) if rights.may_use(info.name)]
+
+    def _every_info(self, name: str | None = None) -> list[pb.ModelInfo]:
         serving = {(m.name, m.version): m for m in self._registry.models() if name in (None, m.name)}
         infos = [self._info(m) for _, m in sorted(serving.items())]
         for model, versions in sorted(self._registry.statuses().items()):
@@ -373,8 +365,10 @@ class DetectorService(pb_grpc.DetectorServicer):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[ModelEvent] = asyncio.Queue(maxsize=WATCH_QUEUE_LIMIT)
 
+        rights = caller_rights()
+
         def listener(event: ModelEvent) -> None:
-            if not request.name or event.name == request.name:
+            if (not request.name or event.name == request.name) and rights.may_use(event.name):
                 loop.call_soon_threadsafe(_offer, queue, event)
 
         self._registry.add_listener(listener)
@@ -399,3 +393,4 @@ class DetectorService(pb_grpc.DetectorServicer):
 
     def close(self) -> None:
         self._workers.shutdown(wait=True)
+        self._trimmer.close()

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from sodd.auth import TokenFileError
+from sodd.budgets import raise_open_files_limit
 from sodd.config import DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME, ModelConfig, ServeConfig
 from sodd.config_file import DEFAULT_CONFIG_PATH, ConfigError, make_config, read_config
 from sodd.devices import parse_devices
 from sodd.errors import SoddError
-from sodd.heap import limit_arenas
+from sodd.heap import limit_arenas, return_large_buffers
 from sodd.listeners import ListenerError
 from sodd.logs import setup_logging
 from sodd.repository import VersionPolicy
@@ -67,6 +68,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tokens-file", metavar="FILE", help="require bearer tokens listed in FILE (see README)")
     p.add_argument("--drain-timeout", type=float, default=None, metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may take to finish (default 10)")
+    p.add_argument("--drain-grace", type=float, default=None, metavar="SECONDS",
+                   help="on SIGTERM, keep answering this long after health turns NOT_SERVING, so that load "
+                        "balancers take the daemon out first (default 5; skipped when nothing checks health)")
+    p.add_argument("--max-connection-age", type=float, default=None, metavar="SECONDS",
+                   help="send clients a GOAWAY on connections older than this, so they rebalance (default 0: never)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads per predictor (default: all cores, and see --instances)")
     p.add_argument("--instances", type=int, default=None,
@@ -81,11 +87,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="frames a DetectStream may have in the daemon at once (default 4)")
     p.add_argument("--max-streams", type=int, default=None, help="DetectStream calls open at once (default 16)")
     p.add_argument("--max-concurrent-rpcs", type=int, default=None,
-                   help="calls in progress in the daemon before gRPC refuses more (default 128)")
+                   help="gRPC's last-resort limit on calls in progress, kept above the budgets below (default 1024)")
+    p.add_argument("--max-inference-calls", type=int, default=None,
+                   help="Detect, DetectBatch and DetectStream calls in progress (default 128)")
+    p.add_argument("--max-management-calls", type=int, default=None,
+                   help="other Detector calls in progress: models, devices, watches (default 16)")
+    p.add_argument("--max-health-watches", type=int, default=None,
+                   help="health Watch and reflection streams open at once (default 32)")
+    p.add_argument("--max-calls-per-peer", type=int, default=None,
+                   help="inference calls one client host may have in progress (default 64)")
+    p.add_argument("--request-body-timeout", type=float, default=None, metavar="SECONDS",
+                   help="how long a call may take to send its request after its headers (default 10)")
+    p.add_argument("--allow-remote-management", action="store_true", default=None,
+                   help="without a tokens file, accept LoadModel/UnloadModel from remote clients too")
     p.add_argument("--max-request-images", type=int, default=None, help="images per DetectBatch (default 64)")
     p.add_argument("--max-image-megapixels", type=float, default=None, help="default 50")
+    p.add_argument("--max-request-megapixels", type=float, default=None,
+                   help="pixels all images of one request may hold together (default 200)")
+    p.add_argument("--max-model-input-megapixels", type=float, default=None,
+                   help="refuse to load models whose network input is larger (default 16)")
     p.add_argument("--max-message-mb", type=float, default=None, help="default 64")
-    p.add_argument("--max-pending", type=int, default=None, help="requests that may wait per model (default 64)")
+    p.add_argument("--max-pending", type=int, default=None,
+                   help="network runs (images or slicing windows) a model holds at once (default 64)")
     p.add_argument("--log-level", default="INFO", help="DEBUG adds one line per answered request")
     p.add_argument("--log-format", choices=("text", "json"), default=None,
                    help="text (journald adds time stamps) or json lines (default text)")
@@ -107,16 +130,26 @@ SIMPLE_FLAGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "tls_client_ca": ("tls_client_ca", _path),
     "tokens_file": ("tokens_file", _path),
     "drain_timeout": ("drain_timeout_seconds", float),
+    "drain_grace": ("drain_grace_seconds", float),
+    "max_connection_age": ("max_connection_age_seconds", float),
     "model_repository": ("model_repository", _path),
     "settle_seconds": ("settle_seconds", float),
     "poll_files": ("poll_files", bool),
     "threads": ("cpu_threads", int),
     "max_image_megapixels": ("max_image_megapixels", float),
+    "max_request_megapixels": ("max_request_megapixels", float),
+    "max_model_input_megapixels": ("max_model_input_megapixels", float),
     "max_message_mb": ("max_message_bytes", lambda mb: int(mb * 1024 * 1024)),
     "max_pending": ("max_pending", int),
     "max_stream_frames": ("max_stream_frames", int),
     "max_streams": ("max_streams", int),
     "max_concurrent_rpcs": ("max_concurrent_rpcs", int),
+    "max_inference_calls": ("max_inference_calls", int),
+    "max_management_calls": ("max_management_calls", int),
+    "max_health_watches": ("max_health_watches", int),
+    "max_calls_per_peer": ("max_calls_per_peer", int),
+    "request_body_timeout": ("request_body_timeout_seconds", float),
+    "allow_remote_management": ("allow_remote_management", bool),
     "max_request_images": ("max_request_images", int),
     "metrics_listen": ("metrics_listen", str),
     "log_format": ("log_format", str),
@@ -181,6 +214,7 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
 
 def run(args: argparse.Namespace) -> int:
     limit_arenas()  # before any thread starts: see sodd.heap
+    return_large_buffers()
     try:
         config = build_config(args)
     except (ValueError, SoddError) as exc:
@@ -191,6 +225,7 @@ def run(args: argparse.Namespace) -> int:
     # `import paddle`, which plugins do lazily, lowers the root logger to WARNING: pin our own loggers.
     for name in ("sodd", "hw_plugins"):
         logging.getLogger(name).setLevel(args.log_level.upper())
+    raise_open_files_limit()  # one descriptor per client connection; logs what it did
     from sodd.server import serve
 
     try:

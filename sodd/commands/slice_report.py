@@ -151,21 +151,15 @@ def ways(slices: Sequence[int]) -> list[Way]:
 
 
 def raw_runner(detector) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
-    """The network's rows per image before any threshold, as the daemon's engine returns them."""
-    from sodd import pipeline
-    from sodd.model.postprocess import split_per_image
+    """The network's rows per image before any threshold, from the daemon's engine. The report
+    runs the detection core's steps one by one because every merge way shares one network pass."""
+    from sodd.model.preprocess import prepare
 
     served = detector.served
 
     def run(images: list[np.ndarray]) -> list[np.ndarray]:
-        prepared = pipeline.prepare_images(served.model_dir, images)
-        rows: list[np.ndarray] = []
-        for chunk_range in pipeline.same_shape_runs(prepared, served.config.max_batch_size):
-            chunk = [prepared[i] for i in chunk_range]
-            inputs = pipeline.network_inputs(chunk, served.runner.predictor.input_names)
-            outputs = served.runner.run_sync(inputs).outputs
-            rows.extend(split_per_image(outputs[0], outputs[1]))
-        return rows
+        prepared = [prepare(image, served.model_dir.preprocess) for image in images]
+        return [result.rows for result in served.runner.run_images_sync(prepared)]
 
     return run
 

@@ -104,6 +104,16 @@ def _is_real(value: object) -> bool:
 # Planning
 # --------------------------------------------------------------------------------------------
 
+def axis_count(length: int, size: int, overlap_ratio: float) -> int:
+    """How many windows `axis_windows` returns, in O(1): admission counts before anything is planned."""
+    if length <= 0:
+        return 0
+    if size >= length:
+        return 1
+    step = size - int(overlap_ratio * size)  # at least 1, as the ratio is below 1
+    return -(-(length - size) // step) + 1
+
+
 def axis_windows(length: int, size: int, overlap_ratio: float) -> list[tuple[int, int]]:
     """(start, end) along one axis, SAHI's rule: step `size - int(ratio * size)`, last one flush."""
     overlap = int(overlap_ratio * size)
@@ -137,8 +147,8 @@ def auto_slice_size(width: int, height: int, options: SliceOptions,
     grow = 1.0
     while True:
         base_h, base_w = math.ceil(in_h * grow), math.ceil(in_w * grow)
-        n_h = len(axis_windows(height, min(base_h, height), r_h))
-        n_w = len(axis_windows(width, min(base_w, width), r_w))
+        n_h = axis_count(height, min(base_h, height), r_h)
+        n_w = axis_count(width, min(base_w, width), r_w)
         if n_h * n_w <= AUTO_MAX_SLICES or (base_h >= height and base_w >= width):
             break
         grow *= AUTO_GROWTH
@@ -148,10 +158,39 @@ def auto_slice_size(width: int, height: int, options: SliceOptions,
 
 
 def _smallest_cover(length: int, size: int, overlap_ratio: float, count: int) -> int:
-    """The smallest window side, at most `size`, that covers `length` in at most `count` windows."""
-    while size > MIN_SLICE_SIZE and len(axis_windows(length, size - 1, overlap_ratio)) <= count:
-        size -= 1
-    return size
+    """The smallest window side, at most `size` and at least MIN_SLICE_SIZE, that covers `length`
+    in at most `count` windows. The count never grows with the side (the step never shrinks and
+    the rest to cover does), so a bisection finds it in O(log size) counts."""
+    low, high = min(MIN_SLICE_SIZE, size), size  # high always fits
+    while low < high:
+        middle = (low + high) // 2
+        if axis_count(length, middle, overlap_ratio) <= count:
+            high = middle
+        else:
+            low = middle + 1
+    return high
+
+
+def slice_size(width: int, height: int, options: SliceOptions,
+               model_input_hw: tuple[int, int] | None) -> tuple[int, int]:
+    """(h, w) of the windows for an image of `width` x `height`: the options' or the automatic ones."""
+    if width <= 0 or height <= 0:
+        raise InvalidArgument(f"cannot slice an empty image ({width}x{height})")
+    if options.auto:
+        if model_input_hw is None:
+            raise InvalidArgument("slicing.auto needs a model with a fixed input size; give slice_height/width")
+        return auto_slice_size(width, height, options, model_input_hw)
+    return options.slice_height, options.slice_width
+
+
+def crop_count(width: int, height: int, options: SliceOptions, model_input_hw: tuple[int, int] | None) -> int:
+    """Network runs slicing an image of this size takes (the full-image pass included), from the
+    size alone: admission calls it before the image is decoded or any window is listed."""
+    slice_h, slice_w = slice_size(width, height, options, model_input_hw)
+    rows = axis_count(height, slice_h, options.overlap_height_ratio)
+    cols = axis_count(width, slice_w, options.overlap_width_ratio)
+    whole_is_a_window = rows == cols == 1 and slice_h >= height and slice_w >= width
+    return rows * cols + (1 if options.full_image and not whole_is_a_window else 0)
 
 
 def plan_slices(width: int, height: int, options: SliceOptions,
@@ -159,22 +198,18 @@ def plan_slices(width: int, height: int, options: SliceOptions,
     """The windows to run, row by row, as (x1, y1, x2, y2) in image pixels.
 
     A window side larger than the image is cut to the image. The full-image pass is not part of
-    the plan (`detect_sliced` adds it). Raises InvalidArgument when the plan exceeds MAX_SLICES.
+    the plan (`crops_for` adds it). Raises InvalidArgument when the plan exceeds MAX_SLICES, before
+    listing a single window.
     """
-    if width <= 0 or height <= 0:
-        raise InvalidArgument(f"cannot slice an empty image ({width}x{height})")
-    if options.auto:
-        if model_input_hw is None:
-            raise InvalidArgument("slicing.auto needs a model with a fixed input size; give slice_height/width")
-        slice_h, slice_w = auto_slice_size(width, height, options, model_input_hw)
-    else:
-        slice_h, slice_w = options.slice_height, options.slice_width
-    rows = axis_windows(height, slice_h, options.overlap_height_ratio)
-    cols = axis_windows(width, slice_w, options.overlap_width_ratio)
-    if len(rows) * len(cols) > MAX_SLICES:
+    slice_h, slice_w = slice_size(width, height, options, model_input_hw)
+    count = axis_count(height, slice_h, options.overlap_height_ratio) * axis_count(
+        width, slice_w, options.overlap_width_ratio)
+    if count > MAX_SLICES:
         raise InvalidArgument(
             f"slicing a {width}x{height} image into {slice_w}x{slice_h} windows takes "
-            f"{len(rows) * len(cols)} slices; at most {MAX_SLICES} are allowed, use larger slices")
+            f"{count} slices; at most {MAX_SLICES} are allowed, use larger slices")
+    rows = axis_windows(height, slice_h, options.overlap_height_ratio)
+    cols = axis_windows(width, slice_w, options.overlap_width_ratio)
     return [(x1, y1, x2, y2) for y1, y2 in rows for x1, x2 in cols]
 
 
@@ -412,14 +447,15 @@ def crops_for(image_bgr: np.ndarray, options: SliceOptions,
               model_input_hw: tuple[int, int] | None) -> tuple[list[Window], list[np.ndarray]]:
     """The windows to run (row by row, the whole image last when asked) and their crops.
 
-    For callers that run the crops themselves, e.g. asynchronously; then `merge_crop_rows`.
+    Crops are views into the image, not copies: preprocessing reads them where they lie. For
+    callers that run the crops themselves, e.g. asynchronously; then `merge_crop_rows`.
     """
     height, width = image_bgr.shape[:2]
     windows = plan_slices(width, height, options, model_input_hw)
     whole: Window = (0, 0, width, height)
     if options.full_image and whole not in windows:
         windows.append(whole)
-    return windows, [np.ascontiguousarray(image_bgr[y1:y2, x1:x2]) for x1, y1, x2, y2 in windows]
+    return windows, [image_bgr[y1:y2, x1:x2] for x1, y1, x2, y2 in windows]
 
 
 def merge_crop_rows(outputs: Sequence[np.ndarray], windows: Sequence[Window], options: SliceOptions,
