@@ -6,7 +6,8 @@ opencv-python-headless, so the tests run this script in `.venv-paddlex` and read
     python paddlex_reference.py JOBS.json OUT.json
 
 JOBS: a list of {"model_dir", "model_name", "inputs": [paths], "threshold": float | {id: float} | null,
-      "batch_size": int, "save_json_dir": path | null}; OUT: one list of results per job.
+      "batch_size": int, "save_json_dir": path | null, "save_img_dir": path | null,
+      "save_json_file": path | null}; OUT: one list of results per job.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ def main(job_path: str, out_path: str) -> None:
             })
             if job.get("save_json_dir"):
                 res.save_to_json(job["save_json_dir"])
+            if job.get("save_json_file"):
+                res.save_to_json(save_path=job["save_json_file"])
+            if job.get("save_img_dir"):
+                res.save_to_img(save_path=job["save_img_dir"])
         all_results.append(results)
     with open(out_path, "w") as f:
         json.dump(all_results, f)

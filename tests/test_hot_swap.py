@@ -177,8 +177,8 @@ def test_memory_is_flat_across_load_unload_cycles(variants, image_bytes: bytes, 
         with Client(daemon.address) as c:
             rss = []
             for _ in range(50):
-                c._stub.UnloadModel(pb.UnloadModelRequest(name="cycled"), timeout=60)
-                c._stub.LoadModel(pb.LoadModelRequest(name="cycled"), timeout=60)
+                c.unload_model("cycled", timeout=60)
+                c.load_model("cycled", timeout=60)
                 assert c.detect(image_bytes, "cycled").model == "cycled"
                 time.sleep(0.05)
                 rss.append(rss_kib(daemon.process.pid))

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-
 from sodd.v1 import detector_pb2_grpc as pb_grpc
+
 from sodd_client.client import CHANNEL_OPTIONS, detect_request
 
 STAGES = ("decode", "preprocess", "queue", "inference", "postprocess")

@@ -2,6 +2,8 @@
 
     sodd-client --server HOST:PORT detect INPUT... [--model NAME] [--threshold 0.4 | 0:0.5,3:0.3]
                 [--batch-size N] [--print] [--save-json DIR|FILE] [--save-img DIR]
+                [--slice | --no-slice] [--slice-size H[xW]] [--overlap R[,R]] [--slice-merge nms|nmm|greedynmm]
+                [--slice-metric iou|ios] [--slice-match-threshold T] [--no-full-image] [--class-agnostic]
     sodd-client --server HOST:PORT models [--json]
     sodd-client --server HOST:PORT devices [--json]
 
@@ -16,28 +18,15 @@ daemon never fetches URLs). Errors print the gRPC status and exit non-zero.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
-import urllib.request
-from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import grpc
-from PIL import Image
 
 from sodd_client.client import Client, Threshold
-from sodd_client.results import result_dict, result_text, save_image, save_json
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-URL_FETCH_LIMIT = 256 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Input:
-    path: str  # as the user gave it (PaddleX writes it into input_path)
-    data: bytes
+from sodd_client.results import result_text
 
 
 def parse_threshold(text: str | None) -> Threshold:
@@ -55,44 +44,53 @@ def parse_threshold(text: str | None) -> Threshold:
     return out
 
 
-def expand_inputs(items: list[str]) -> list[Input]:
-    inputs = []
-    for item in items:
-        if item.startswith(("http://", "https://")):
-            with urllib.request.urlopen(item, timeout=60) as r:  # noqa: S310 - the user asked for this URL
-                inputs.append(Input(item, r.read(URL_FETCH_LIMIT)))
-            continue
-        path = Path(item)
-        if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            inputs.extend(Input(str(p), p.read_bytes()) for p in files)
-        elif path.is_file():
-            inputs.append(Input(item, path.read_bytes()))
-        else:
-            raise FileNotFoundError(f"input {item} is neither a file, a directory nor an http(s) URL")
-    return inputs
+def _pair(text: str, sep: str, kind: Any, flag: str) -> tuple:
+    parts = text.lower().split(sep)
+    if len(parts) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"{flag} takes one value or two separated by {sep!r}, got {text!r}")
+    try:
+        values = [kind(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{flag}: {text!r} is not a number or a pair of numbers") from None
+    return (values[0], values[-1])
+
+
+def slicing_options(args: argparse.Namespace) -> Any:
+    """The Slicing fields the flags set: None leaves the model's default slicing."""
+    if args.no_slice:
+        return False
+    fields: dict[str, Any] = {}
+    if args.slice_size:
+        fields["slice_height"], fields["slice_width"] = _pair(args.slice_size, "x", int, "--slice-size")
+    if args.overlap:
+        fields["overlap_height_ratio"], fields["overlap_width_ratio"] = _pair(args.overlap, ",", float, "--overlap")
+    for flag, key in (("slice_merge", "merge"), ("slice_metric", "match_metric"),
+                      ("slice_match_threshold", "match_threshold")):
+        if getattr(args, flag) is not None:
+            fields[key] = getattr(args, flag)
+    if args.no_full_image:
+        fields["full_image"] = False
+    if args.class_agnostic:
+        fields["class_agnostic"] = True
+    if fields:
+        return {"enabled": True, **fields}
+    return True if args.slice else None
 
 
 def cmd_detect(client: Client, args: argparse.Namespace) -> int:
-    inputs = expand_inputs(args.inputs)
     threshold = parse_threshold(args.threshold)
-    for start in range(0, len(inputs), args.batch_size):
-        chunk = inputs[start:start + args.batch_size]
-        if len(chunk) == 1:
-            responses = [client.detect(chunk[0].data, args.model, threshold=threshold)]
-        else:
-            responses = list(client.detect_batch([i.data for i in chunk], args.model, threshold=threshold).results)
-        for item, response in zip(chunk, responses, strict=True):
-            result = result_dict(response, item.path)
-            if args.print:
-                print(result_text(result))
-            if args.save_json:
-                save_json(result, Path(args.save_json))
-            if args.save_img:
-                save_image(Image.open(io.BytesIO(item.data)), result, Path(args.save_img))
-            if not (args.print or args.save_json or args.save_img):
-                print(f"{item.path}: {len(response.boxes)} boxes ({response.model} v{response.version} "
-                      f"on {response.device})")
+    slicing = slicing_options(args)
+    for result in client.predict(list(args.inputs), args.batch_size, threshold, model=args.model, slicing=slicing):
+        if args.print:
+            print(result_text(dict(result)))
+        if args.save_json:
+            result.save_to_json(args.save_json)
+        if args.save_img:
+            result.save_to_img(args.save_img)
+        if not (args.print or args.save_json or args.save_img):
+            response = result.response
+            print(f"{result['input_path']}: {len(result['boxes'])} boxes ({response.model} v{response.version} "
+                  f"on {response.device}, {response.slices} network run(s))")
     return 0
 
 
@@ -148,6 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--print", action="store_true", help="print results as PaddleX does")
     d.add_argument("--save-json", metavar="DIR|FILE", help="write <stem>_res.json files (PaddleX layout)")
     d.add_argument("--save-img", metavar="DIR", help="write <stem>_res.<ext> drawings")
+    sl = d.add_argument_group("slicing", "cut large images into overlapping windows (default: the model's setting)")
+    on_off = sl.add_mutually_exclusive_group()
+    on_off.add_argument("--slice", action="store_true", help="slice, with the window size the daemon picks")
+    on_off.add_argument("--no-slice", action="store_true", help="never slice, even where the model does by default")
+    sl.add_argument("--slice-size", metavar="H[xW]", help="window size in pixels, e.g. 640 or 512x768")
+    sl.add_argument("--overlap", metavar="R[,R]", help="overlap ratio of neighbouring windows (height,width)")
+    sl.add_argument("--slice-merge", choices=["nms", "nmm", "greedynmm"], help="how window boxes are merged")
+    sl.add_argument("--slice-metric", choices=["iou", "ios"], help="box overlap measure for merging")
+    sl.add_argument("--slice-match-threshold", type=float, metavar="T", help="overlap above which boxes merge")
+    sl.add_argument("--no-full-image", action="store_true", help="run the windows only, not the whole image too")
+    sl.add_argument("--class-agnostic", action="store_true", help="merge boxes of different classes too")
     d.set_defaults(func=cmd_detect)
     m = sub.add_parser("models", help="list the served models")
     m.add_argument("--json", action="store_true")
@@ -170,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     except grpc.RpcError as exc:
         print(f"sodd-client: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
-    except (OSError, ValueError, argparse.ArgumentTypeError) as exc:
+    except (OSError, ValueError, TypeError, ImportError, argparse.ArgumentTypeError) as exc:
         print(f"sodd-client: {exc}", file=sys.stderr)
         return 2
 
