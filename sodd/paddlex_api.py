@@ -28,7 +28,7 @@ import numpy as np
 from sodd_client.inputs import Input, batches
 from sodd_client.results import DetResult, box_dict
 
-from sodd.detection import Detections, DetectOptions, SlicingRequest
+from sodd.detection import SLICING_FIELDS, Detections, DetectOptions, SlicingRequest
 from sodd.local import LocalDetector
 from sodd.model.postprocess import Threshold
 from sodd.modeldir import read_model_dir
@@ -36,8 +36,6 @@ from sodd.modeldir import read_model_dir
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 DEFAULT_MODEL_NAME = "sodd-SOD-tiny"
 REPOSITORY_ENV = "SODD_MODEL_REPOSITORY"
-SLICING_KEYS = ("slice_height", "slice_width", "overlap_height_ratio", "overlap_width_ratio", "full_image",
-                "merge", "match_metric", "match_threshold", "class_agnostic", "auto")
 
 
 class ModelNotFound(FileNotFoundError):
@@ -108,9 +106,9 @@ def slicing_request(slicing: Any) -> SlicingRequest | None:
     if isinstance(slicing, Mapping):
         given = dict(slicing)
         enabled = given.pop("enabled", None)
-        unknown = sorted(set(given) - set(SLICING_KEYS))
+        unknown = sorted(set(given) - set(SLICING_FIELDS))
         if unknown:
-            raise ValueError(f"slicing has no field {unknown[0]!r}; fields: enabled, {', '.join(SLICING_KEYS)}")
+            raise ValueError(f"slicing has no field {unknown[0]!r}; fields: enabled, {', '.join(SLICING_FIELDS)}")
         return SlicingRequest(enabled=enabled, given=given)
     raise TypeError(f"slicing is None, a bool or a mapping, not {type(slicing).__name__}")
 
