@@ -259,6 +259,19 @@ class BudgetInterceptor(grpc.aio.ServerInterceptor):
             await self._refuse(method, context, *failure)
         return request
 
+    async def _read_until_ended(self, method: str, shape: _Shape, requests: Any,
+                                context: grpc.aio.ServicerContext) -> Any:
+        """`_read_one`; a call that ends while its request is on its way (the client cancelled, or its
+        deadline passed) is reported too, as it never reaches the interceptors that count calls."""
+        try:
+            return await self._read_one(method, shape, requests, context)
+        except asyncio.CancelledError:
+            remaining = context.time_remaining()
+            expired = remaining is not None and remaining <= 0
+            self.on_refused(method, grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED,
+                            "the call ended before its request was read")
+            raise
+
     def _admitted(self, method: str, shape: _Shape, budget: Budget | None,
                   continuation: Callable[[grpc.HandlerCallDetails], Any],
                   details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
@@ -277,7 +290,7 @@ class BudgetInterceptor(grpc.aio.ServerInterceptor):
                     return await outcome((await inner(context)).unary_unary(None, context))
                 give_back = await self._enter(method, budget, context)
                 try:
-                    request = await self._read_one(method, shape, requests, context)
+                    request = await self._read_until_ended(method, shape, requests, context)
                     handler = await inner(context)
                     return await outcome(handler.unary_unary(request, context))
                 finally:
@@ -292,7 +305,7 @@ class BudgetInterceptor(grpc.aio.ServerInterceptor):
                 if shape.request_streaming:
                     result = (await inner(context)).stream_stream(self._parsed(shape, requests), context)
                 else:
-                    request = None if refused else await self._read_one(method, shape, requests, context)
+                    request = None if refused else await self._read_until_ended(method, shape, requests, context)
                     result = (await inner(context)).unary_stream(request, context)
                 async for response in answers(result):
                     yield response

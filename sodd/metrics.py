@@ -311,6 +311,10 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             log.debug("%s refused: %s %s", method, code.name, details)
             return
         outcome = _Outcome((UNKNOWN, UNKNOWN, UNKNOWN), "", code, error=details)
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            outcome.cause = "deadline"
+        elif code == grpc.StatusCode.CANCELLED:
+            outcome.cause = "shutdown" if self._shutting_down() else "client"
         self._end(name, outcome, time.perf_counter(), counted_in_flight=False, refused=True)
 
     def _labels(self, request: Any) -> tuple[str, str, str]:
@@ -369,6 +373,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             outcome.code = context.code() or grpc.StatusCode.OK
             if outcome.code != grpc.StatusCode.OK:  # answered with a status set, not aborted
                 outcome.error = context.details() or ""
+                if outcome.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    outcome.cause = "deadline"  # it passed while the request waited for a predictor
             elif isinstance(response, Message):
                 outcome.results = list(response.results) if method == "DetectBatch" else [response]
             return response

@@ -287,3 +287,41 @@ def test_a_flood_on_one_channel_ends_every_call_with_a_counted_status(daemon: Da
     while detect_total() - before < 2000 and time.monotonic() < deadline:
         pause.wait(0.05)  # the last answers are counted as their calls close
     assert detect_total() - before == 2000, codes
+
+
+def test_cancelled_requests_are_counted_and_logged_with_their_cause(daemon: Daemon) -> None:
+    """Deliverable 6: a call the client cancels and one whose deadline passes each end with a
+    logged status, counted in sodd_requests_cancelled_total by cause."""
+    from tests.metrics_helpers import metrics_url, samples, scrape
+
+    url = metrics_url(daemon)
+
+    def cancelled(cause: str) -> float:
+        return samples(scrape(url)).get(
+            ("sodd_requests_cancelled_total", frozenset({("method", "Detect"), ("cause", cause)})), 0.0)
+
+    def in_flight() -> float:
+        return sum(v for (name, _), v in samples(scrape(url)).items() if name == "sodd_requests_in_flight")
+
+    frame = cv2.imencode(".jpg", np.random.default_rng(2).integers(0, 255, (2160, 3840, 3), np.uint8))[1].tobytes()
+    slow = pb.DetectRequest(image=pb.Image(encoded=frame), slicing=pb.Slicing(slice_height=480, slice_width=480,
+                                                                              overlap_height_ratio=0.0,
+                                                                              overlap_width_ratio=0.0,
+                                                                              full_image=False, auto=False),
+                            request_id="to-cancel")
+    before = {cause: cancelled(cause) for cause in ("client", "deadline")}
+    detector = stub(daemon)
+    call = detector.Detect.future(slow, timeout=120)
+    deadline = time.monotonic() + 30
+    pause = threading.Event()
+    while in_flight() < 1 and time.monotonic() < deadline:
+        pause.wait(0.02)  # until the daemon works on it
+    call.cancel()
+    code, _, _ = call_code(detector.Detect, pb.DetectRequest(image=pb.Image(encoded=frame), request_id="too-late"),
+                           timeout=0.02)
+    assert code is grpc.StatusCode.DEADLINE_EXCEEDED
+    while (cancelled("client") == before["client"] or cancelled("deadline") == before["deadline"]) \
+            and time.monotonic() < deadline:
+        pause.wait(0.05)
+    assert cancelled("client") == before["client"] + 1
+    assert cancelled("deadline") == before["deadline"] + 1
