@@ -170,9 +170,7 @@ async def serve(config: ServeConfig, reload_config: Callable[[], ServeConfig] | 
     # daemon whose default model is unloaded); it turns NOT_SERVING only with the drain.
     health_servicer = HealthServicer(always_answered=(names[0], LIVENESS))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    # The KServe service stays out of reflection for now: tests/test_hostile_clients.py lists the
-    # reflected services exactly (owned elsewhere); adding names[2] here is all it takes.
-    enable_reflection(names[:2], server)
+    enable_reflection(names, server)
     addresses = add_listeners(server, config, settings.certificates)
     signals = catch_signals()
     await server.start()

@@ -21,6 +21,7 @@ from sodd.listeners import CertificateStore, TlsFiles
 log = logging.getLogger(__name__)
 # What a reload applies; a change to any other option waits for a restart.
 LIVE = ("tls_cert", "tls_key", "tls_client_ca", "tokens_file", "allow_remote_management", "drain_timeout_seconds",
+        "drain_grace_seconds",
         # applied by the model manager, which reloads what changed beside what serves
         "models", "model_repository", "repository_defaults")
 

@@ -283,8 +283,8 @@ def test_reflection_needs_no_token(daemon: Daemon, service: str) -> None:
                     reflection_pb2.ServerReflectionRequest(file_containing_symbol=service)]
         listed, detector, itself = list(info(iter(requests), timeout=10))
     assert {s.name for s in listed.list_services_response.service} == {
-        "sodd.v1.Detector", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
-        "grpc.reflection.v1alpha.ServerReflection"}
+        "sodd.v1.Detector", "grpc.health.v1.Health", "inference.GRPCInferenceService",
+        "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"}
     assert detector.file_descriptor_response.file_descriptor_proto
     assert itself.file_descriptor_response.file_descriptor_proto, itself
 

@@ -50,8 +50,11 @@ DEFAULT: Any = _Default()
 
 def service_config(max_attempts: int = 5, initial_backoff: float = 0.2, max_backoff: float = 5.0,
                    backoff_multiplier: float = 2.0) -> dict[str, Any]:
-    """A gRPC service config retrying UNAVAILABLE on every Detector method (gRPC caps attempts at 5)."""
-    return {"methodConfig": [{
+    """A gRPC service config retrying UNAVAILABLE on every Detector method (gRPC caps attempts at 5),
+    and spreading calls over every address a name resolves to (`dns:///sodd-headless:50051`): a
+    Kubernetes headless Service lists one address per pod. Health checking stays the caller's
+    choice (docs/fleets.md): it would stop calls to a daemon whose default model is unloaded."""
+    return {"loadBalancingConfig": [{"round_robin": {}}], "methodConfig": [{
         "name": [{"service": SERVICE}],
         "retryPolicy": {
             "maxAttempts": max_attempts,
