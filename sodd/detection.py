@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Executor, Future
+from concurrent.futures import CancelledError, Executor, Future
 from dataclasses import asdict, dataclass, field
 from typing import TypeVar
 
@@ -242,20 +243,28 @@ class Detector:
     # -- the two entry points ------------------------------------------------------------------
 
     async def detect(self, model: str, version: int, images: Sequence[ImageInput], options: DetectOptions,
-                     request_id: str) -> DetectResult:
-        """For the event loop: every step that touches pixels runs on a worker thread."""
+                     request_id: str, answer: Callable[[DetectResult], T] | None = None) -> DetectResult | T:
+        """For the event loop: every step that touches pixels runs on a worker thread.
+
+        The loop hands the request off once and is woken once: a worker admits and prepares it and
+        gives it to the engine; the inference thread that runs its last image finishes it (sliced
+        requests, whose merging can be long, go back to a worker) and applies `answer` (the servicer
+        builds its protobuf there). Each hand-off between threads cost a wake-up and a GIL
+        hand-over; on a light model the old four round trips through the loop were measurable.
+        """
+        if self._workers is None:
+            raise RuntimeError("this Detector has no worker threads: call detect_sync")
         try:
             with self.registry.lease(model, version) as served:
-                plan = await self._in_worker(self._admit_and_prepare, served, images, options)
+                flight = _Flight(served, images, options, request_id, answer)
+                self._workers.submit(self._start, flight)
                 try:
-                    results = await served.runner.run_images(plan.prepared, options.deadline)
-                    plan.prepared = []  # the engine is done with the network inputs
-                    detections = await self._in_worker(self._finish, plan, options, results)
-                finally:
-                    plan.admission.release()
+                    return await asyncio.wrap_future(flight.done)
+                except asyncio.CancelledError:
+                    flight.withdraw()  # queued images are dropped; the places come back when all are done
+                    raise
         finally:
             self._note_size(images)
-        return DetectResult(request_id, served.name, served.version, served.device, detections)
 
     def detect_sync(self, model: str, version: int, images: Sequence[ImageInput], options: DetectOptions,
                     request_id: str = "") -> DetectResult:
@@ -270,23 +279,60 @@ class Detector:
                 plan.admission.release()
         return DetectResult(request_id, served.name, served.version, served.device, detections)
 
-    # -- steps ---------------------------------------------------------------------------------
+    # -- the asynchronous path's steps, off the loop ------------------------------------------
 
-    async def _in_worker(self, fn: Callable[..., T], *args: object) -> T:
-        """Run `fn` on a worker; if the caller is cancelled meanwhile, release what it admitted."""
-        if self._workers is None:
-            raise RuntimeError("this Detector has no worker threads: call detect_sync")
-        future: Future = self._workers.submit(fn, *args)
+    def _start(self, flight: _Flight) -> None:
+        """On a worker: admit, prepare and hand the network inputs to the engine."""
         try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            future.add_done_callback(_release_if_planned)
-            raise
+            plan = self._admit_and_prepare(flight.served, flight.images, flight.options)
+        except BaseException as exc:  # noqa: BLE001 - the request's error, answered to its caller
+            flight.fail(exc)
+            return
+        flight.images = ()  # the request's bytes are no longer needed here
+        if flight.done.cancelled():  # the caller went away while this worker prepared
+            plan.admission.release()
+            return
+        try:
+            futures = plan.served.runner.submit(plan.prepared, flight.options.deadline)
+        except BaseException as exc:  # noqa: BLE001 - a full queue or an unloading model
+            plan.admission.release()
+            flight.fail(exc)
+            return
+        plan.prepared = []  # the engine's jobs hold the network inputs now
+        flight.plan = plan
+        flight.attach(futures, self._engine_done)
+
+    def _engine_done(self, flight: _Flight) -> None:
+        """Every image of the request has left the engine (on the thread of the last one)."""
+        plan = flight.plan
+        assert plan is not None
+        failure = next((f for f in flight.futures if f.cancelled() or f.exception() is not None), None)
+        if failure is not None:
+            plan.admission.release()
+            flight.fail(failure.exception() if not failure.cancelled() else CancelledError())
+            return
+        if plan.slicing is not None and self._workers is not None:
+            try:  # merging many windows must not hold up an inference thread
+                self._workers.submit(self._complete, flight)
+                return
+            except RuntimeError:  # the pool is shutting down: finish here
+                pass
+        self._complete(flight)
+
+    def _complete(self, flight: _Flight) -> None:
+        plan = flight.plan
+        assert plan is not None
+        try:
+            detections = self._finish(plan, flight.options, [f.result() for f in flight.futures])
+            served = plan.served
+            result = DetectResult(flight.request_id, served.name, served.version, served.device, detections)
+            flight.succeed(flight.answer(result) if flight.answer is not None else result)
+        except BaseException as exc:  # noqa: BLE001 - answered to the caller
+            flight.fail(exc)
         finally:
-            # A failure's traceback holds this frame, and the future holds the failure: without
-            # this the cycle keeps the request's images alive until a full garbage collection
-            # (a refused 20 MB request kept 40 MB).
-            del future
+            plan.admission.release()
+
+    # -- steps ---------------------------------------------------------------------------------
 
     def _admit_and_prepare(self, served: ServedModel, images: Sequence[ImageInput], options: DetectOptions) -> _Plan:
         plan = self._admit(served, images, options)
@@ -388,7 +434,66 @@ class Detector:
             self._trimmer.note_large_request()
 
 
-def _release_if_planned(future: Future) -> None:
-    """A worker finished preparing for a caller that has gone: give its places back."""
-    if not future.cancelled() and future.exception() is None and isinstance(future.result(), _Plan):
-        future.result().admission.release()
+class _Flight:
+    """One asynchronous request from its hand-off to a worker to its answer; `done` completes once."""
+
+    def __init__(self, served: ServedModel, images: Sequence[ImageInput], options: DetectOptions,
+                 request_id: str, answer: Callable[[DetectResult], object] | None) -> None:
+        self.served = served
+        self.images = images
+        self.options = options
+        self.request_id = request_id
+        self.answer = answer
+        self.done: Future = Future()
+        self.plan: _Plan | None = None
+        self.futures: list[Future] = []
+        self._lock = threading.Lock()
+        self._withdrawn = False
+        self._waiting = 0
+
+    def attach(self, futures: list[Future], on_done: Callable[[_Flight], None]) -> None:
+        """Call `on_done` once every engine future is done; withdraw them if the caller has gone."""
+        with self._lock:
+            self.futures, self._waiting = futures, len(futures)
+            withdrawn = self._withdrawn
+        for future in futures:
+            future.add_done_callback(lambda _f: self._one_done(on_done))
+        if withdrawn:
+            self._cancel_engine()
+
+    def _one_done(self, on_done: Callable[[_Flight], None]) -> None:
+        with self._lock:
+            self._waiting -= 1
+            last = self._waiting == 0
+        if last:
+            on_done(self)
+        elif not self.done.done():
+            # A failed image answers the request at once; the rest are withdrawn (a running one ends).
+            failed = [f for f in self.futures if f.done() and (f.cancelled() or f.exception() is not None)]
+            if failed:
+                self._cancel_engine()
+
+    def withdraw(self) -> None:
+        """The caller was cancelled: images not yet run are dropped; a worker still preparing gives
+        its places back when it sees the request has gone (`fail` on a cancelled `done`)."""
+        with self._lock:
+            self._withdrawn = True
+        self.done.cancel()
+        self._cancel_engine()
+
+    def _cancel_engine(self) -> None:
+        for future in self.futures:
+            future.cancel()
+
+    def succeed(self, value: object) -> None:
+        self._settle(lambda: self.done.set_result(value))
+
+    def fail(self, exc: BaseException) -> None:
+        self._settle(lambda: self.done.set_exception(exc))
+
+    def _settle(self, settle: Callable[[], None]) -> None:
+        # What the request held is no longer needed; dropping it here keeps a failed request's
+        # images from living on in its exception's traceback.
+        self.images, self.plan, self.futures = (), None, []
+        if self.done.set_running_or_notify_cancel():  # False: cancelled by the caller, nobody waits
+            settle()

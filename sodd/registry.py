@@ -30,6 +30,7 @@ from sodd.high_performance import select_backend
 from sodd.model.postprocess import DEFAULT_THRESHOLD
 from sodd.modeldir import ModelDir, read_model_dir
 from sodd.plugin import HardwarePlugin, PluginProblem, Predictor
+from sodd.quiet import native_stdout_filtered
 
 log = logging.getLogger(__name__)
 WARMUP_RUNS = 2
@@ -202,7 +203,8 @@ class ModelRegistry:
         threads = threads or self._cpu_threads
         if device.type in CPU_DEVICE_TYPES and threads and "threads" not in options:
             options["threads"] = str(threads)
-        return plugin.load(model_dir, device.name, options)
+        with native_stdout_filtered():  # Paddle's oneDNN passes print check lines on stdout
+            return plugin.load(model_dir, device.name, options)
 
     # -- events ----------------------------------------------------------------------------
 

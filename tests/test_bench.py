@@ -88,14 +88,22 @@ def test_bench_paddlex_baselines(tiny_model_dirs: dict[str, Path], bench_image: 
     python = paddlex_python()
     out = tmp_path / "run.json"
     result = run_bench(["--model-dir", str(tiny_model_dirs["both"]), "--image", str(bench_image),
-                        "--concurrency", "2", "--requests", "4", "--warmup", "1", "--plain-setups", "",
-                        "--json", str(out)], env={"SODD_PADDLEX_PYTHON": python})
+                        "--concurrency", "1,2", "--rounds", "2", "--requests", "4", "--warmup", "1",
+                        "--plain-setups", "", "--json", str(out)], env={"SODD_PADDLEX_PYTHON": python})
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["versions"]["paddlex"] == "3.7.2"
-    for system in ("sodd", "paddlex-predict", "paddlex-serving"):
-        (m,) = by_system(report, system)
+    assert sorted(m["concurrency"] for m in by_system(report, "sodd")) == [1, 2]
+    assert sorted(m["concurrency"] for m in by_system(report, "paddlex-serving")) == [1, 2]
+    (predict,) = by_system(report, "paddlex-predict")  # measured in the rounds, not again on its own
+    for m in [*by_system(report, "sodd"), predict, *by_system(report, "paddlex-serving")]:
         assert m["ok"] == 4 and m["lost"] == 0, m
+    # One client: sodd and PaddleX's predict alternated in 2 rounds of 2 requests, a ratio per round.
+    (rounds,) = report["interleaved"]
+    assert len(rounds["sodd_p50"]) == len(rounds["paddlex_predict_p50"]) == len(rounds["ratios"]) == 2
+    (target,) = [t for t in report["targets"] if "interleaved" in t["name"]]
+    assert target["measured"] > 0 and "median of 2 rounds" in target["basis"]
+    assert "alternating rounds" in result.stdout
 
 
 def test_bench_reports_a_missing_paddlex_environment(tiny_model_dirs: dict[str, Path], bench_image: Path,

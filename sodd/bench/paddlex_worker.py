@@ -3,6 +3,7 @@
 It imports only the standard library and paddlex (PaddleX's environment has no sodd):
 
     python paddlex_worker.py JOB.json OUT.json
+    python paddlex_worker.py --rounds JOB.json    (interleaved rounds, ordered on stdin)
 
 JOB: {"model_name", "model_dir", "sets": [[image files], ...], "requests": int, "warmup": int}
 OUT: {"results": [{"latencies": [seconds per request], "seconds": wall time, "errors": {message: count}}
@@ -16,6 +17,29 @@ import json
 import os
 import sys
 import time
+
+RESULT_MARK = "SODD-BENCH-RESULT "
+
+
+def serve_rounds(job_path: str) -> None:
+    """Interleaved rounds: one `{"set": i, "requests": n, "warmup": w}` line on stdin per round, one
+    RESULT_MARK line on stdout per answer (PaddleX may print other lines; the caller skips them)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    import paddle
+    import paddlex
+    from paddlex import create_model
+
+    with open(job_path) as f:
+        job = json.load(f)
+    model = create_model(model_name=job["model_name"], model_dir=job["model_dir"], device="cpu")
+    print(RESULT_MARK + json.dumps({"paddlex": paddlex.__version__, "paddle": paddle.__version__}), flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        order = json.loads(line)
+        result = measure(model, job["sets"][order["set"]], order["requests"], order["warmup"])
+        print(RESULT_MARK + json.dumps(result), flush=True)
 
 
 def main(job_path: str, out_path: str) -> None:
@@ -57,4 +81,7 @@ def measure(model, paths: list[str], requests: int, warmup: int) -> dict:  # noq
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    if sys.argv[1] == "--rounds":
+        serve_rounds(sys.argv[2])
+    else:
+        main(sys.argv[1], sys.argv[2])

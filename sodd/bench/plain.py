@@ -25,6 +25,7 @@ from sodd.model.decode import decode_encoded
 from sodd.model.postprocess import resolve_threshold
 from sodd.modeldir import ModelDir, read_model_dir
 from sodd.plugin import Predictor, discover_plugins
+from sodd.quiet import native_stdout_filtered
 
 MAX_PIXELS = 1 << 31
 
@@ -76,7 +77,8 @@ def load_predictors(model_path: Path, setup: PlainSetup, device: str = "cpu") ->
     if plugin is None:
         raise RuntimeError(f"no hardware plugin claims device {device!r}")
     options = {"threads": str(setup.threads)}
-    return model, [plugin.load(model, device, options) for _ in range(setup.predictors)]
+    with native_stdout_filtered():
+        return model, [plugin.load(model, device, options) for _ in range(setup.predictors)]
 
 
 def measure(model_path: Path, images: ImageSet, setup: PlainSetup, requests: int, warmup: int,

@@ -19,6 +19,7 @@ LATENCY_RATIO_MAX = 1.10  # sodd p50 at 1 client / plain loop's per-image time
 SERVING_RATIO_MIN = 1.2  # sodd images/s at 8 clients / PaddleX serving's at 8 clients
 PLAIN_RATIO_MIN = 0.95  # sodd images/s at 8 clients / the best plain set-up's
 TARGET_CLIENTS = 8
+PREDICT_RATIO_MAX = 1.05  # sodd p50 at 1 client / PaddleX predict's p50, interleaved rounds: the promise to one client
 
 
 @dataclass(frozen=True)
@@ -85,12 +86,27 @@ def _targets(ms: Sequence[Measurement], size: str, v: str) -> list[Target]:
     return out
 
 
+def interleaved_targets(rounds: Sequence) -> list[Target]:
+    """From `sodd.bench.runner.Interleaved` rows: the median of the rounds' ratios, with their spread."""
+    out = []
+    for row in rounds:
+        ratios = row.ratios
+        if not ratios:
+            continue
+        out.append(Target(row.size, row.variant, "1 client: sodd p50 / PaddleX predict p50, interleaved",
+                          row.ratio, f"<= {PREDICT_RATIO_MAX:g}", row.ratio <= PREDICT_RATIO_MAX,
+                          f"median of {len(ratios)} rounds, {min(ratios):.2f} to {max(ratios):.2f}"))
+    return out
+
+
 def to_dict(settings: dict, machine: dict, model: dict, images: dict, ms: Sequence[Measurement],
-            skipped: dict[str, str], versions: dict[str, str]) -> dict:
+            skipped: dict[str, str], versions: dict[str, str], interleaved: Sequence = ()) -> dict:
     return {
         "settings": settings, "machine": machine, "model": model, "images": images, "versions": versions,
         "skipped": skipped, "measurements": [m.summary() for m in ms],
-        "targets": [t.__dict__ for t in targets(ms)],
+        "targets": [t.__dict__ for t in [*interleaved_targets(interleaved), *targets(ms)]],
+        "interleaved": [{"size": r.size, "variant": r.variant, "sodd_p50": r.sodd_p50,
+                         "paddlex_predict_p50": r.paddlex_p50, "ratios": r.ratios} for r in interleaved],
     }
 
 
@@ -110,7 +126,7 @@ def _errors(m: Measurement) -> str:
     return f"{m.lost}" + (f" ({', '.join(f'{k}: {v}' for k, v in m.errors.items())})" if m.errors else "")
 
 
-def markdown(name: str, report: dict, ms: Sequence[Measurement], plot: str | None) -> str:
+def markdown(name: str, report: dict, ms: Sequence[Measurement], plot: str | None, interleaved: Sequence = ()) -> str:
     machine, model, settings = report["machine"], report["model"], report["settings"]
     lines = [f"### {name}", "",
              f"Command: `{settings['command']}`", "",
@@ -140,10 +156,19 @@ def markdown(name: str, report: dict, ms: Sequence[Measurement], plot: str | Non
         lines.append(f"- {system}: not measured ({why})")
     lines += ["", "| image | daemon | target | measured | limit | reached | basis |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
-    for t in targets(ms):
+    for t in [*interleaved_targets(interleaved), *targets(ms)]:
         measured = _ratio(t.measured) if "lost" not in t.name else str(int(t.measured or 0))
         lines.append(f"| {t.size} | {t.variant or 'sodd'} | {t.name} | {measured} | "
                      f"{t.limit} | {_yes(t.reached)} | {t.basis} |")
+    if interleaved:
+        lines += ["", "One client, sodd over gRPC and PaddleX's predict loop in alternating rounds (p50 ms of each "
+                      "round; ratio sodd / PaddleX):", "",
+                  "| image | daemon | sodd p50 per round | PaddleX predict p50 per round | ratios | median |",
+                  "| --- | --- | --- | --- | --- | ---: |"]
+        for r in interleaved:
+            lines.append(f"| {r.size} | {r.variant or 'sodd'} | {', '.join(_ms(x) for x in r.sodd_p50)} | "
+                         f"{', '.join(_ms(x) for x in r.paddlex_p50)} | {', '.join(f'{x:.2f}' for x in r.ratios)} | "
+                         f"{_ratio(r.ratio if r.ratios else None)} |")
     lines += ["", "| image | daemon | clients | sodd images/s | sodd p50 / p90 / p99 ms | PaddleX serving images/s | "
               "PaddleX serving p50 / p90 / p99 ms | sodd / PaddleX serving | sodd / best plain | sodd lost |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,9 @@ class Plan:
     paddlex_serving: bool = True
     threads: int = field(default_factory=usable_cores)  # for the PaddleX baselines
     timeout: float = 300.0
+    # One client: sodd and PaddleX's predict in this many alternating rounds (requests split among
+    # them), so the machine's load drifts hit both; 0 measures PaddleX's predict loop on its own first.
+    rounds: int = 0
 
 
 @dataclass
@@ -51,6 +55,26 @@ class Outcome:
     measurements: list[Measurement] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # system -> why it was not measured
     versions: dict[str, str] = field(default_factory=dict)
+    interleaved: list[Interleaved] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Interleaved:
+    """One client, sodd and PaddleX's predict in alternating rounds: each round's p50, in seconds."""
+
+    size: str
+    variant: str
+    sodd_p50: list[float]
+    paddlex_p50: list[float]
+
+    @property
+    def ratios(self) -> list[float]:
+        return [s / p for s, p in zip(self.sodd_p50, self.paddlex_p50, strict=True) if p > 0]
+
+    @property
+    def ratio(self) -> float:
+        """The median of the rounds' ratios."""
+        return float(statistics.median(self.ratios))
 
 
 def run(plan: Plan, progress: Callable[[Measurement], None] = lambda m: None) -> Outcome:
@@ -71,7 +95,8 @@ def run(plan: Plan, progress: Callable[[Measurement], None] = lambda m: None) ->
         for name, wanted in (("paddlex-predict", plan.paddlex_predict), ("paddlex-serving", plan.paddlex_serving)):
             if wanted:
                 outcome.skipped[name] = reason
-    if python is not None and plan.paddlex_predict:
+    interleave = python is not None and plan.paddlex_predict and plan.rounds > 1 and 1 in plan.concurrency
+    if python is not None and plan.paddlex_predict and not interleave:
         predicted = pdx.measure_predict(python, model, plan.image_sets, plan.requests, plan.warmup, plan.threads)
         outcome.versions.update(predicted.versions)
         for m in predicted.measurements:
@@ -81,7 +106,7 @@ def run(plan: Plan, progress: Callable[[Measurement], None] = lambda m: None) ->
     # machine's other load between points hits sodd and PaddleX's serving alike. An idle server
     # only waits on its socket.
     with contextlib.ExitStack() as stack:
-        servers: list[Callable[[ImageSet, int], Measurement]] = []
+        servers: list[Callable[..., Measurement]] = []
         if plan.address is not None:
             servers.append(_sodd_point(plan, plan.address, plan.model, ""))
         else:
@@ -89,21 +114,72 @@ def run(plan: Plan, progress: Callable[[Measurement], None] = lambda m: None) ->
                 log_path = plan.workdir / f"sodd-serve{'-' + variant if variant else ''}.log"
                 daemon = stack.enter_context(BenchDaemon(plan.model_dir, log_path, serve_args))
                 servers.append(_sodd_point(plan, daemon.address, MODEL_NAME, variant))
+        sodd_servers = list(servers)
         if python is not None and plan.paddlex_serving:
             server = stack.enter_context(pdx.PaddlexServer(python, model, plan.threads, plan.workdir))
             servers.append(_http_point(plan, server.url))
-        for images in plan.image_sets:
+        rounds = None
+        if interleave:
+            assert python is not None
+            rounds = stack.enter_context(pdx.PredictRounds(python, model, plan.image_sets, plan.threads,
+                                                           plan.workdir))
+            outcome.versions.update(rounds.versions)
+        for index, images in enumerate(plan.image_sets):
             for c in plan.concurrency:
-                for measure in servers:
+                if c == 1 and rounds is not None:
+                    _interleave(plan, index, images, sodd_servers, rounds, record, outcome)
+                    others = servers[len(sodd_servers):]
+                else:
+                    others = servers
+                for measure in others:
                     record(measure(images, c))
     return outcome
 
 
-def _sodd_point(plan: Plan, address: str, model: str, variant: str) -> Callable[[ImageSet, int], Measurement]:
-    def measure(images: ImageSet, c: int) -> Measurement:
-        result = asyncio.run(run_load(address, images.encoded, c, plan.requests, model=model,
-                                      warmup=max(plan.warmup, c), timeout=plan.timeout))
-        return Measurement("sodd", variant, images.label, c, plan.requests, result.ok, result.seconds,
+def _interleave(plan: Plan, index: int, images: ImageSet, sodd_servers: list, rounds: pdx.PredictRounds,
+                record: Callable[[Measurement], None], outcome: Outcome) -> None:
+    """sodd (each variant) and PaddleX's predict take turns, `plan.rounds` rounds of one client each."""
+    per_round = max(1, plan.requests // plan.rounds)
+    sodd_rounds: list[list[Measurement]] = [[] for _ in sodd_servers]
+    paddlex_rounds: list[dict] = []
+    for r in range(plan.rounds):
+        for i, measure in enumerate(sodd_servers):
+            sodd_rounds[i].append(measure(images, 1, per_round, plan.warmup if r == 0 else 1))
+        paddlex_rounds.append(rounds.measure(index, per_round, plan.warmup if r == 0 else 1))
+    paddlex_p50 = [statistics.median(p["latencies"]) if p["latencies"] else 0.0 for p in paddlex_rounds]
+    for parts in sodd_rounds:
+        record(_joined(parts))
+        outcome.interleaved.append(Interleaved(images.label, parts[0].setup,
+                                               [m.percentile(50) for m in parts], paddlex_p50))
+    record(Measurement("paddlex-predict", f"1x{rounds.threads}", images.label, 1, per_round * plan.rounds,
+                       sum(len(p["latencies"]) for p in paddlex_rounds), sum(p["seconds"] for p in paddlex_rounds),
+                       [x for p in paddlex_rounds for x in p["latencies"]],
+                       _summed([p["errors"] for p in paddlex_rounds])))
+
+
+def _joined(parts: list[Measurement]) -> Measurement:
+    first = parts[0]
+    ok = sum(m.ok for m in parts)
+    stages = {k: sum(m.stages.get(k, 0.0) * m.ok for m in parts) / ok for k in first.stages} if ok else {}
+    return Measurement(first.system, first.setup, first.size, 1, sum(m.requests for m in parts), ok,
+                       sum(m.seconds for m in parts), [x for m in parts for x in m.latencies],
+                       _summed([m.errors for m in parts]), stages)
+
+
+def _summed(errors: list) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for e in errors:
+        for k, v in e.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def _sodd_point(plan: Plan, address: str, model: str, variant: str) -> Callable[..., Measurement]:
+    def measure(images: ImageSet, c: int, requests: int | None = None, warmup: int | None = None) -> Measurement:
+        requests = plan.requests if requests is None else requests
+        result = asyncio.run(run_load(address, images.encoded, c, requests, model=model,
+                                      warmup=max(plan.warmup if warmup is None else warmup, c), timeout=plan.timeout))
+        return Measurement("sodd", variant, images.label, c, requests, result.ok, result.seconds,
                            result.latencies, result.errors, result.stage_means())
     return measure
 

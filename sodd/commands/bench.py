@@ -51,6 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--plain-setups", default="auto",
                    help="plain loops as PREDICTORSxTHREADS[bBATCH], e.g. 1x2,2x1,1x2b4; auto: 1xCORES and "
                         "CORESx1; empty: none")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="at 1 client, alternate sodd and PaddleX's predict in this many rounds (the requests "
+                        "split among them) and report the ratio's median and spread; 0 or 1: PaddleX's predict "
+                        "runs on its own before the servers (default 5)")
     p.add_argument("--no-paddlex-predict", action="store_true", help="skip PaddleX's predict loop")
     p.add_argument("--no-paddlex-serving", action="store_true", help="skip PaddleX's own serving")
     p.add_argument("--paddlex-python", type=Path,
@@ -116,8 +120,8 @@ def run(args: argparse.Namespace) -> int:
     if args.address and args.variant:
         print("sodd bench: --variant starts daemons; it cannot be combined with --address", file=sys.stderr)
         return 2
-    if args.requests < 1 or args.warmup < 0:
-        print("sodd bench: --requests must be positive and --warmup not negative", file=sys.stderr)
+    if args.requests < 1 or args.warmup < 0 or args.rounds < 0:
+        print("sodd bench: --requests must be positive, --warmup and --rounds not negative", file=sys.stderr)
         return 2
     missing = [str(p) for p in args.image if not p.is_file()]
     if missing:
@@ -138,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
             requests=args.requests, warmup=args.warmup, workdir=workdir, address=args.address, model=args.model,
             variants=variants, plain_setups=setups, paddlex_python=args.paddlex_python,
             paddlex_predict=not args.no_paddlex_predict, paddlex_serving=not args.no_paddlex_serving,
-            threads=args.threads or cores, timeout=args.timeout)
+            threads=args.threads or cores, timeout=args.timeout, rounds=args.rounds)
         try:
             outcome = runner.run(plan, progress=_progress)
         except (RuntimeError, TimeoutError, OSError) as exc:
@@ -156,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     images_facts = {s.label: f"{len(s.encoded)} file(s), {sum(map(len, s.encoded)) / 1024:.0f} KiB encoded"
                     for s in sets}
     data = report.to_dict(settings, facts, model_facts, images_facts, outcome.measurements, outcome.skipped,
-                          outcome.versions)
+                          outcome.versions, outcome.interleaved)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=2) + "\n")
@@ -170,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
         except Exception as exc:  # noqa: BLE001 - a broken plotting stack must not cost the measured numbers
             print(f"sodd bench: no plot written ({type(exc).__name__}: {exc})", file=sys.stderr)
             plot_path = None
-    text = report.markdown(name, data, outcome.measurements, _relative(plot_path, args.doc) if plot_path else None)
+    text = report.markdown(name, data, outcome.measurements, _relative(plot_path, args.doc) if plot_path else None,
+                           outcome.interleaved)
     if args.doc:
         report.write_section(args.doc, name, text)
     print(text)

@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from sodd.high_performance import CANDIDATES, REFERENCE, Tolerance, select_backend
     from sodd.modeldir import read_model_dir
     from sodd.plugin import discover_plugins
+    from sodd.quiet import native_stdout_filtered
 
     plugins, _ = discover_plugins()
     threads = str(args.threads or os.cpu_count() or 1)
@@ -57,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
             options = {"threads": threads, **spec.options}
             if args.cache_dir and spec.type != "cpu":
                 options["cache_dir"] = str(args.cache_dir)
-            return plugin.load(model, spec.name, options)
+            with native_stdout_filtered():
+                return plugin.load(model, spec.name, options)
 
         started = time.perf_counter()
         selection = select_backend(model, load, name=name, candidates=candidates, rounds=args.runs)

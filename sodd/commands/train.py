@@ -6,8 +6,6 @@ import argparse
 import json
 import sys
 
-from sodd.train.trainer import TrainConfig
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a detector on a PaddleX-layout COCO dataset",
@@ -40,8 +38,9 @@ def parse_overrides(items: list[str]) -> tuple[dict, dict]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: `sodd --help` imports every command module and must not load paddle.
     from sodd.train.dataset import DatasetError
-    from sodd.train.trainer import train
+    from sodd.train.trainer import TrainConfig, train
 
     try:
         train_over, model_over = parse_overrides(args.set)
