@@ -11,7 +11,8 @@ on its own budget, so one kind cannot starve another:
 - management (every other Detector call: LoadModel, UnloadModel, WatchModels, ListModels, GetModel,
   ListDevices): `max_management_calls`;
 - health Watch and reflection streams: `max_health_watches`, a reserve no other kind can take;
-- health Check: never refused (it is cheap), so a probe always gets an answer.
+- health Check: no budget (it is cheap), so a probe always gets an answer; only checks that hold
+  their place without sending a request are capped, per client host (`max_calls_per_peer`).
 
 A refused call gets RESOURCE_EXHAUSTED naming its budget, before its body is read. A call whose
 request message does not arrive within `request_body_timeout_seconds` gets DEADLINE_EXCEEDED.
@@ -160,6 +161,7 @@ class BudgetInterceptor(grpc.aio.ServerInterceptor):
         self.management = Budget("management", "max_management_calls", config.max_management_calls)
         self.reserved = Budget("health watch and reflection", "max_health_watches", config.max_health_watches)
         self.per_peer = PeerBudget(config.max_calls_per_peer)
+        self.checks_per_peer = PeerBudget(config.max_calls_per_peer)
         self.body_timeout = config.request_body_timeout_seconds
         self.refuses = refuses or (lambda _: False)
 
@@ -193,7 +195,17 @@ class BudgetInterceptor(grpc.aio.ServerInterceptor):
     def _take(self, budget: Budget | None, context: grpc.aio.ServicerContext) -> tuple[Callable[[], None] | None, str]:
         """A function giving the places back, or None and the refusal."""
         if budget is None:
-            return (lambda: None), ""
+            # A health Check holds a place only while it is answered, a moment for a real probe; but
+            # one whose request never comes holds it until the body deadline, so such calls are
+            # capped per client host: else one host could fill gRPC's own ceiling with them and lock
+            # every call out again.
+            host = peer_host(context.peer() or "")
+            if host is None:
+                return (lambda: None), ""
+            if not self.checks_per_peer.take(host):
+                return None, (f"this client already has {self.checks_per_peer.limit} health checks in progress "
+                              "(max_calls_per_peer); retry later")
+            return (lambda: self.checks_per_peer.give_back(host)), ""
         host = peer_host(context.peer() or "") if budget is self.inference else None
         if host is not None and not self.per_peer.take(host):
             return None, (f"this client already has {self.per_peer.limit} inference calls in progress "

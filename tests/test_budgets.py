@@ -330,3 +330,36 @@ def test_the_servicer_sees_the_callers_rights() -> None:
     assert (code, answers) == (grpc.StatusCode.PERMISSION_DENIED, ["tiny"])
     # Outside any call (in-process use) nothing is narrowed.
     assert (visible_models(), may_manage()) == (None, True)
+
+
+def test_bodyless_health_checks_are_capped_per_client_host() -> None:
+    """Health checks that never send their request cannot fill gRPC's own ceiling from one host:
+    beyond max_calls_per_peer they are refused, and a probe from another host still answers."""
+    async def scenario() -> None:
+        server, address, _, budgets = await serve(None)
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
+                call = channel.stream_unary("/grpc.health.v1.Health/Check", request_serializer=bytes,
+                                            response_deserializer=health_pb2.HealthCheckResponse.FromString)
+                two_held = asyncio.Event()
+                take = budgets.checks_per_peer.take
+
+                def counted_take(host: str) -> bool:
+                    taken = take(host)
+                    if budgets.checks_per_peer.in_use.get(host, 0) >= 2:
+                        two_held.set()
+                    return taken
+
+                budgets.checks_per_peer.take = counted_take  # type: ignore[method-assign]
+                held = [call(never()) for _ in range(2)]
+                await asyncio.wait_for(two_held.wait(), 10)
+                code, details = await code_details(call(never()))
+                assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_calls_per_peer" in details
+                for pending in held:
+                    assert (await code_details(pending))[0] == grpc.StatusCode.DEADLINE_EXCEEDED
+                check = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+                assert check.status == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            await server.stop(None)
+
+    asyncio.run(scenario())
