@@ -45,12 +45,18 @@ from google.protobuf import message_factory
 from sodd.auth import answers, outcome
 from sodd.config import ServeConfig
 from sodd.names import name_problem
+from sodd.oip import grpc_service_pb2
 from sodd.v1 import detector_pb2
 
 log = logging.getLogger(__name__)
 
 DETECTOR = detector_pb2.DESCRIPTOR.services_by_name["Detector"]
-INFERENCE_METHODS = frozenset(f"/{DETECTOR.full_name}/{m}" for m in ("Detect", "DetectBatch", "DetectStream"))
+# The KServe v2 / Open Inference Protocol service (sodd.kserve) draws on the same budgets.
+KSERVE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+INFERENCE_METHODS = frozenset([*(f"/{DETECTOR.full_name}/{m}" for m in ("Detect", "DetectBatch", "DetectStream")),
+                               *(f"/{KSERVE.full_name}/{m}" for m in ("ModelInfer", "ModelStreamInfer"))])
+# KServe's probes are as cheap as a health Check and, like it, draw on no budget.
+PROBE_METHODS = frozenset(f"/{KSERVE.full_name}/{m}" for m in ("ServerLive", "ServerReady", "ModelReady"))
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 # Long-lived streams of the open services: they share the reserved budget.
 RESERVED_STREAMS = frozenset(("/grpc.health.v1.Health/Watch",
@@ -82,11 +88,11 @@ def _serialize(message: Any) -> bytes:
     return message.SerializeToString()
 
 
-# Detector calls are admitted before the inner interceptors see them, so their handler's kind and
-# message types come from the service description rather than from the inner handler.
-SHAPES = {f"/{DETECTOR.full_name}/{m.name}": _Shape(m.client_streaming, m.server_streaming,
-                                                    message_factory.GetMessageClass(m.input_type).FromString)
-          for m in DETECTOR.methods}
+# Detector and KServe calls are admitted before the inner interceptors see them, so their handler's
+# kind and message types come from the service description rather than from the inner handler.
+SHAPES = {f"/{service.full_name}/{m.name}": _Shape(m.client_streaming, m.server_streaming,
+                                                   message_factory.GetMessageClass(m.input_type).FromString)
+          for service in (DETECTOR, KSERVE) for m in service.methods}
 
 
 class Budget:
@@ -172,7 +178,8 @@ class BudgetInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         shape = SHAPES.get(method)
         if shape is not None and (shape.response_streaming or not shape.request_streaming):
-            budget = self.inference if method in INFERENCE_METHODS else self.management
+            budget = self.inference if method in INFERENCE_METHODS else \
+                None if method in PROBE_METHODS else self.management
             return self._admitted(method, shape, budget, continuation, handler_call_details)
         if method == HEALTH_CHECK or method in RESERVED_STREAMS:
             handler = await continuation(handler_call_details)

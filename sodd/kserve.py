@@ -41,7 +41,7 @@ import grpc
 import numpy as np
 
 from sodd.auth import caller_rights, may_manage
-from sodd.budgets import BudgetInterceptor, peer_host
+from sodd.budgets import BudgetInterceptor
 from sodd.detection import SLICING_FIELDS, DetectOptions, Detector, DetectResult, ImageInput, SlicingRequest
 from sodd.errors import InvalidArgument, NotFound, PermissionDenied, SoddError
 from sodd.logs import log_request, quote
@@ -420,11 +420,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     # -- inference -------------------------------------------------------------------------------
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        give_back = await self._admit("ModelInfer", context)
-        try:
-            response, code, message = await self._infer("ModelInfer", request, context.time_remaining())
-        finally:
-            give_back()
+        # Admitted by the call budgets (sodd.budgets) before its request was read.
+        response, code, message = await self._infer("ModelInfer", request, context.time_remaining())
         if code is not grpc.StatusCode.OK:
             context.set_code(code)
             context.set_details(message)
@@ -433,28 +430,25 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest],  # noqa: N802
                                context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Each request is answered in order, by a response or an error message; the stream goes on."""
-        give_back = await self._admit("ModelStreamInfer", context)
+        """Each request is answered in order, by a response or an error message; the stream goes on.
+        The stream holds a place in the call budgets (sodd.budgets) while it is open."""
+        if self._open_streams >= self._max_streams:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{self._open_streams} streams are open, the limit is {self._max_streams} "
+                                "(max_streams)")
+        self._open_streams += 1
         try:
-            if self._open_streams >= self._max_streams:
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                    f"{self._open_streams} streams are open, the limit is {self._max_streams} "
-                                    "(max_streams)")
-            self._open_streams += 1
-            try:
-                async for request in request_iterator:
-                    response, code, message = await self._infer("ModelStreamInfer", request, None)
-                    if code is grpc.StatusCode.OK:
-                        yield pb.ModelStreamInferResponse(infer_response=response)
-                    else:
-                        yield pb.ModelStreamInferResponse(
-                            error_message=f"{code.name}: {message}",
-                            infer_response=pb.ModelInferResponse(model_name=request.model_name,
-                                                                 model_version=request.model_version, id=request.id))
-            finally:
-                self._open_streams -= 1
+            async for request in request_iterator:
+                response, code, message = await self._infer("ModelStreamInfer", request, None)
+                if code is grpc.StatusCode.OK:
+                    yield pb.ModelStreamInferResponse(infer_response=response)
+                else:
+                    yield pb.ModelStreamInferResponse(
+                        error_message=f"{code.name}: {message}",
+                        infer_response=pb.ModelInferResponse(model_name=request.model_name,
+                                                             model_version=request.model_version, id=request.id))
         finally:
-            give_back()
+            self._open_streams -= 1
 
     async def _infer(self, method: str, request: pb.ModelInferRequest,
                      remaining: float | None) -> tuple[pb.ModelInferResponse | None, grpc.StatusCode, str]:
@@ -532,31 +526,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         log_request({"method": method, "request_id": request_id, "model": labels[0], "version": labels[1],
                      "device": labels[2], "code": code.name, "latency_seconds": seconds, "images": len(images),
                      "detections": sum(len(d) for d in images), **({"error": message} if message else {})})
-
-    async def _admit(self, method: str, context: grpc.aio.ServicerContext) -> Callable[[], None]:
-        """A place in the inference budget and the caller's per-client budget, as Detect takes."""
-        budgets = self._budgets
-        if budgets is None:
-            return lambda: None
-        host = peer_host(context.peer() or "")
-        refusal = ""
-        if host is not None and not budgets.per_peer.take(host):
-            refusal = (f"this client already has {budgets.per_peer.limit} inference calls in progress "
-                       "(max_calls_per_peer); retry later")
-        elif not budgets.inference.take():
-            if host is not None:
-                budgets.per_peer.give_back(host)
-            refusal = budgets.inference.refusal()
-        if refusal:
-            budgets.on_refused(f"/{SERVICE}/{method}", grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
-
-        def give_back() -> None:
-            budgets.inference.give_back()
-            if host is not None:
-                budgets.per_peer.give_back(host)
-
-        return give_back
 
     # -- statistics and repository ---------------------------------------------------------------
 
