@@ -27,7 +27,7 @@ MANAGE_TOKEN = "manage-token-0123456789abcdef"
 
 
 def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
-    # `make proto` covers sodd/v1 only; this is the command for sodd/oip.
+    # What `make proto` runs for sodd/oip, into a scratch folder.
     subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{REPO / 'proto'}", f"--python_out={tmp_path}",
                     f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", "sodd/oip/grpc_service.proto"],
                    check=True, cwd=REPO)

@@ -2,7 +2,14 @@
 
 Lite runs only its own `.nb` format, converted from a legacy `inference.pdmodel` by `Opt`. The
 conversion result is cached by content (see hw_plugins.artifact_cache), so only the first load of
-a model pays for it. A directory may instead carry a ready `inference.nb`, used as is.
+a model pays for it. A directory may instead carry a ready program, used as is:
+`inference.<target>.nb` (what `sodd lite` writes on the build machine) or `inference.nb`.
+
+PyPI's paddlelite wheels are x86_64 (CPython <= 3.10), macOS and Windows only. An ARM board gets
+Paddle Lite's Python runtime from Paddle Lite's own ARM Linux builds; such a runtime may lack the
+optimiser, so boards usually load a program converted on the build machine (`sodd lite DIR`).
+Conversions drop the programs' call stacks first and zero the uninitialised bytes `Opt` leaves
+after its version string, so one model converts to the same bytes on every machine.
 
 Lite 2.13 crashes the process instead of raising on some programs and on a `.nb` built for
 another target, so conversion and a first trial run of every new `.nb` happen in a child process.
@@ -32,6 +39,7 @@ from sodd.plugin import DeviceInfo
 log = logging.getLogger(__name__)
 
 READY_NB = "inference.nb"  # a converted program shipped inside the model directory
+TARGET_NB = "inference.{target}.nb"  # the same for one target, as `sodd lite` writes it
 TARGETS = ("arm", "x86")
 POWER_MODES = {"high": "LITE_POWER_HIGH", "low": "LITE_POWER_LOW", "full": "LITE_POWER_FULL",
                "no_bind": "LITE_POWER_NO_BIND", "rand_high": "LITE_POWER_RAND_HIGH",
@@ -41,6 +49,19 @@ OPTIONS = ("target", "cache_dir", "threads", "power_mode", "batch")
 PRIVATE_PREFIX = "sodd-lite-uncached-"
 CONVERT_TIMEOUT_S = 900
 _TOOL = f"{__name__}.tool"
+# Where a board gets what PyPI does not have.
+LITE_SOURCE_HINT = (
+    "PyPI's paddlelite wheels are built for x86_64 (CPython <= 3.10), macOS and Windows only; on an ARM "
+    "board install the paddlelite wheel for this Python from Paddle Lite's ARM Linux release builds "
+    "(https://github.com/PaddlePaddle/Paddle-Lite/releases, inference_lite_lib.armlinux.armv8 with the "
+    "Python API), or build one there with Paddle-Lite's lite/tools/build_linux.sh --with_python=ON, then "
+    "pip install it into this environment"
+)
+NO_OPT_HINT = (
+    "this Paddle Lite runtime has no optimiser (lite.Opt, absent from light-API builds) to convert the "
+    "model; convert it on the build machine with `sodd lite MODEL_DIR --target {target}` and copy "
+    "inference.{target}.nb into the model directory"
+)
 PIR_ONLY_HINT = (
     "Paddle Lite reads only legacy programs (inference.pdmodel), and this directory holds only a PIR "
     "program (inference.json). Re-export it with `sodd export` (it writes both programs), or export with "
@@ -57,6 +78,57 @@ def machine_target() -> str | None:
     if machine in ("aarch64", "arm64") or machine.startswith("armv"):
         return "arm"
     return None
+
+
+def unavailable_reason(exc: BaseException) -> str:
+    """Why Lite's Python runtime cannot be imported here, and where this machine gets it."""
+    machine, version = platform.machine(), f"{sys.version_info.major}.{sys.version_info.minor}"
+    missing = f"Paddle Lite's Python runtime (module paddlelite.lite) is not importable ({type(exc).__name__}: {exc})"
+    if machine_target() == "x86":
+        if sys.version_info >= (3, 11):
+            return (f"{missing}: PyPI's paddlelite 2.13rc0 wheels for x86_64 stop at CPython 3.10 and this is "
+                    f"{version}; run sodd on Python 3.10 (make setup picks it) to get it")
+        return f"{missing}: pip install 'paddlelite==2.13rc0' (PyPI, x86_64 wheels for CPython <= 3.10)"
+    if machine_target() == "arm":
+        return f"{missing} on this {machine} machine (Python {version}): {LITE_SOURCE_HINT}"
+    return f"{missing}; Paddle Lite has no target for a {machine} machine"
+
+
+# The naive-buffer header: a uint16 meta version, then the Lite version as a 16-byte C string.
+_NB_VERSION_START, _NB_VERSION_END = 2, 18
+
+
+def normalise_nb(path: Path) -> None:
+    """Zero what follows the NUL of the `.nb` header's 16-byte version field: Opt leaves stack bytes
+    there, which made every conversion of the same program differ (and leaked an address)."""
+    with open(path, "r+b") as f:
+        head = bytearray(f.read(_NB_VERSION_END))
+        end = head.find(0, _NB_VERSION_START)
+        if len(head) < _NB_VERSION_END or end < 0 or not head[_NB_VERSION_START:end].startswith(b"v"):
+            return  # not the layout this was written for; leave it as Opt wrote it
+        f.seek(end)
+        f.write(bytes(_NB_VERSION_END - end))
+
+
+def convert_program(model_file: Path, params_file: Path, target: str, out_nb: Path,
+                    timeout: float = CONVERT_TIMEOUT_S) -> float:
+    """Convert a legacy program to a `.nb` for `target` with Opt in a child process; seconds taken.
+
+    The program is first rewritten without call stacks beside `out_nb` (which must end in `.nb`).
+    """
+    from sodd.export.clean import strip_program
+
+    out_nb = Path(out_nb)
+    stripped = out_nb.with_name(out_nb.stem + ".source.pdmodel")
+    data, _ = strip_program(Path(model_file).read_bytes())
+    stripped.write_bytes(data)
+    try:
+        seconds = _run_tool(["convert", str(stripped), str(params_file), target, str(out_nb.with_suffix(""))],
+                            f"conversion of {model_file} for target {target}", timeout)
+    finally:
+        stripped.unlink(missing_ok=True)
+    normalise_nb(out_nb)
+    return seconds
 
 
 def lite_version() -> str:
@@ -172,16 +244,19 @@ class ArmLitePlugin:
     device_types = ("arm",)
 
     def probe(self) -> list[DeviceInfo]:
-        facts = {"machine": platform.machine()}
+        facts = {"machine": platform.machine(), "arch": platform.machine()}
         try:
-            from paddlelite import lite  # noqa: F401
+            from paddlelite import lite
         except Exception as exc:  # noqa: BLE001 - any import failure makes the device unavailable
-            return [DeviceInfo("arm", False, f"paddlelite is not importable: {type(exc).__name__}: {exc}", facts)]
+            return [DeviceInfo("arm", False, unavailable_reason(exc), facts)]
         facts["paddlelite"] = lite_version()
         target = machine_target()
         if target is None:
             return [DeviceInfo("arm", False, f"Paddle Lite has no target for a {platform.machine()} machine", facts)]
         facts["target"] = target
+        facts["programs"] = (f"inference.{target}.nb or inference.nb, or converts inference.pdmodel"
+                             if hasattr(lite, "Opt") else
+                             f"inference.{target}.nb or inference.nb only (no optimiser in this runtime)")
         if int(np.__version__.split(".")[0]) >= 2:
             reason = f"Paddle Lite 2.13 returns garbage tensors with numpy {np.__version__}; install numpy<2"
             return [DeviceInfo("arm", False, reason, facts)]
@@ -217,14 +292,18 @@ class ArmLitePlugin:
     def _program(self, model: ModelDir, target: str, cache_dir: Path) -> tuple[Path, list[str]]:
         """The `.nb` to run: the directory's own, a cached conversion, or a fresh one."""
         h, w = model.input_size or (640, 640)
-        ready = model.path / READY_NB
-        if ready.is_file():
-            _run_tool(["trial", str(ready), str(h), str(w)], f"a trial run of {ready}")
-            return ready, [f"Paddle Lite program {ready} from the model directory"]
+        for ready in (model.path / TARGET_NB.format(target=target), model.path / READY_NB):
+            if ready.is_file():
+                _run_tool(["trial", str(ready), str(h), str(w)], f"a trial run of {ready}")
+                return ready, [f"Paddle Lite program {ready} from the model directory"]
         if model.legacy_model_file is None:
             raise FailedPrecondition(f"model {model.path} cannot run on Paddle Lite: {PIR_ONLY_HINT}")
+        from paddlelite import lite
+
+        if not hasattr(lite, "Opt"):
+            raise FailedPrecondition(f"model {model.path}: {NO_OPT_HINT.format(target=target)}")
         key = content_key([model.legacy_model_file, model.params_file],
-                          {"target": target, "paddlelite": lite_version()})
+                          {"target": target, "paddlelite": lite_version(), "program": "no-callstack-v1"})
         nb_file = cache_dir / f"{target}-{key[:32]}.nb"
         if nb_file.is_file():
             log.info("model %s: Paddle Lite program from the cache: %s", model.path, nb_file)
@@ -247,10 +326,8 @@ class ArmLitePlugin:
 
     @staticmethod
     def _convert(model: ModelDir, target: str, directory: Path, h: int, w: int) -> tuple[Path, float]:
-        prefix = directory / "model"
-        seconds = _run_tool(["convert", str(model.legacy_model_file), str(model.params_file), target,
-                             str(prefix)], f"conversion of {model.legacy_model_file}")
-        staged = prefix.with_suffix(".nb")
+        staged = directory / "model.nb"
+        seconds = convert_program(model.legacy_model_file, model.params_file, target, staged)
         _run_tool(["trial", str(staged), str(h), str(w)], f"a trial run of the program converted from {model.path}")
         return staged, seconds
 

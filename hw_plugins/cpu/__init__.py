@@ -1,29 +1,81 @@
-"""Paddle Inference on x86 CPUs, configured as PaddleX 3.7.2 configures it.
+"""Paddle Inference on the CPU (x86_64 or aarch64), configured as PaddleX 3.7.2 configures it.
 
 Same switches as PaddleX's CPU runner (oneDNN with cache capacity 10, new IR and executor,
 optimisation level 3, memory optimisation) so that scores match PaddleX's to the last bit.
-Some paddle releases cannot run some programs with oneDNN; load tries the program once and, if
-oneDNN fails, builds the predictor without it and says so in `notes`.
+Whether oneDNN is used is decided from the paddle build: PyPI's x86_64 wheels have it, the aarch64
+wheels do not (their Config lacks even `set_mkldnn_cache_capacity`), so there the predictor runs
+Paddle's plain kernels from the start. Some x86 paddle releases cannot run some programs with
+oneDNN; load tries the program once and, if oneDNN fails, builds the predictor without it and says
+so in `notes`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import platform
+import signal
+import sys
 from collections.abc import Mapping
+from types import ModuleType
 
 import numpy as np
 
 from hw_plugins.paddle_predictor import PaddlePredictor
-from sodd.errors import InvalidArgument
+from sodd.errors import FailedPrecondition, InvalidArgument
 from sodd.modeldir import ModelDir
 from sodd.plugin import DeviceInfo
 
 PRECISIONS = ("fp32", "bf16")
 
 
+def import_paddle() -> ModuleType:
+    """`import paddle`, keeping this process's SIGTERM disposition.
+
+    Importing paddle installs libpaddle's SIGTERM handler, which prints "FatalError: `Termination
+    signal` is detected" and kills the process. Imported after the daemon installed its own handler
+    (serving a model on a non-Paddle device imports paddle only later, e.g. at the first
+    ListDevices), it replaced it: SIGTERM then killed the daemon without draining. The disposition is
+    saved and restored through sigaction(2), which any thread may call.
+    """
+    if "paddle" in sys.modules:
+        return sys.modules["paddle"]
+    saved = _sigterm_action()
+    try:
+        import paddle
+    finally:
+        if saved is not None:
+            _libc().sigaction(signal.SIGTERM, saved, None)
+    return paddle
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _sigterm_action() -> ctypes.Array | None:
+    """The current `struct sigaction` of SIGTERM as opaque bytes (larger than any libc's struct)."""
+    if not hasattr(signal, "SIGTERM") or sys.platform != "linux":
+        return None
+    action = ctypes.create_string_buffer(512)
+    return action if _libc().sigaction(signal.SIGTERM, None, action) == 0 else None
+
+
+def paddle_has_onednn() -> bool:
+    """Whether this paddle build carries oneDNN (x86_64 wheels do, aarch64 wheels do not)."""
+    try:
+        import_paddle()
+        from paddle.base import core
+    except ImportError:
+        return False
+    check = getattr(core, "is_compiled_with_mkldnn", None)
+    return bool(check and check())
+
+
 def cpu_config(model: ModelDir, threads: int, onednn: bool, precision: str = "fp32") -> object:
     """A `paddle.inference.Config` with PaddleX's CPU switches."""
+    import_paddle()
     from paddle import inference
 
     config = inference.Config(str(model.model_file), str(model.params_file))
@@ -59,19 +111,27 @@ class CpuPlugin:
     name = "cpu"
     device_types = ("cpu",)
 
+    def __init__(self) -> None:
+        # Plugins are made at start-up, before the daemon handles signals: importing paddle now, with
+        # SIGTERM kept, means no later import (by any plugin, on any thread) can replace the handler.
+        with contextlib.suppress(ImportError):  # probe() reports it
+            import_paddle()
+
     def probe(self) -> list[DeviceInfo]:
         try:
-            import paddle
+            paddle = import_paddle()
         except ImportError as exc:
             return [DeviceInfo("cpu", False, f"paddlepaddle is not importable: {exc}")]
+        onednn = paddle_has_onednn()
         facts = {
-            "processor": platform.processor() or platform.machine(),
+            # Not platform.processor(): on Linux it forks `uname -p`, and forking a serving gRPC process logs noise.
+            "processor": platform.machine(),
+            "arch": platform.machine(),
             "cores": str(os.cpu_count()),
             "paddle": paddle.__version__,
+            "onednn": "yes" if onednn else "no (not in this paddle build)",
+            "precisions": ",".join(PRECISIONS) if onednn else "fp32",
         }
-        if platform.machine() not in ("x86_64", "AMD64"):
-            reason = f"the Paddle Inference CPU plugin needs x86_64, this is {platform.machine()}"
-            return [DeviceInfo("cpu", False, reason, facts)]
         return [DeviceInfo("cpu", True, "", facts)]
 
     def load(self, model: ModelDir, device: str, options: Mapping[str, str]) -> PaddlePredictor:
@@ -81,8 +141,15 @@ class CpuPlugin:
         if precision not in PRECISIONS or (precision == "bf16" and not onednn):
             raise InvalidArgument(f"device {device}: precision must be one of {list(PRECISIONS)} "
                                   f"(bf16 needs onednn=on), got {precision!r}")
+        built_with_onednn = paddle_has_onednn()
+        if precision == "bf16" and not built_with_onednn:
+            raise FailedPrecondition(f"device {device}: bf16 runs on oneDNN kernels, and this paddle build "
+                                     f"({platform.machine()}) has no oneDNN")
         if not onednn:
             return PaddlePredictor(cpu_config(model, threads, onednn=False))
+        if not built_with_onednn:
+            return PaddlePredictor(cpu_config(model, threads, onednn=False), "Paddle's plain CPU kernels: "
+                                   f"this paddle build ({platform.machine()}) has no oneDNN")
         try:
             notes = "Paddle Inference with oneDNN bf16 kernels" if precision == "bf16" else ""
             predictor = PaddlePredictor(cpu_config(model, threads, True, precision), notes)

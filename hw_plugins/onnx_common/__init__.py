@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from hw_plugins.artifact_cache import content_key, default_cache_root, publish, staging_dir
+from sodd.errors import FailedPrecondition
 from sodd.model.nms import NmsParams, multiclass_nms
 from sodd.modeldir import ModelDir
 
@@ -44,6 +45,29 @@ class OnnxProgram:
     path: Path  # the graph to run
     nms: NmsParams | None  # None: the graph's outputs are final (no NMS to finish)
     note: str  # where the graph came from, for GetModel
+
+
+# pip leaves paddle2onnx out on aarch64 below Python 3.12 (see pyproject.toml); without it a model
+# runs only from a graph shipped as inference.onnx or converted earlier.
+NO_PADDLE2ONNX_HINT = (
+    "paddle2onnx is not installed, so the Paddle program cannot be converted to ONNX here. Install it "
+    "with `pip install --no-deps paddle2onnx==2.1.0` (`make setup` does; on aarch64 below Python 3.12 "
+    "its onnxoptimizer requirement has no wheel, and it runs without it), or put a converted "
+    f"{READY_ONNX} in the model directory"
+)
+
+
+def paddle2onnx_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("paddle2onnx") is not None
+
+
+def paddle2onnx_fact() -> str:
+    """For ListDevices: the converter's version, or that only shipped or cached graphs run."""
+    if paddle2onnx_available():
+        return package_version("paddle2onnx")
+    return "not installed (only inference.onnx graphs run; pip install --no-deps paddle2onnx==2.1.0)"
 
 
 def default_onnx_cache() -> Path:
@@ -120,6 +144,8 @@ def onnx_program(model: ModelDir, cache_dir: Path) -> OnnxProgram:
     if cached.is_file():
         log.info("model %s: ONNX graph from the cache: %s", model.path, cached)
         return OnnxProgram(cached, nms, f"{origin}, cut before NMS, from the cache ({cached})")
+    if not ready.is_file() and not paddle2onnx_available():
+        raise FailedPrecondition(f"model {model.path}: {NO_PADDLE2ONNX_HINT}")
     with staging_dir(cache_dir) as staging:
         staged = staging / "model.onnx"
         args = ["cut" if ready.is_file() else "convert", str(staged), str(OPSET), "1" if nms else "0"]

@@ -22,6 +22,7 @@ from hw_plugins.onnx_common import (
     default_onnx_cache,
     onnx_program,
     package_version,
+    paddle2onnx_fact,
 )
 from sodd.errors import InvalidArgument
 from sodd.modeldir import ModelDir
@@ -67,14 +68,13 @@ class OnnxRuntimePlugin:
     device_types = ("onnxruntime",)
 
     def probe(self) -> list[DeviceInfo]:
-        facts = {"machine": platform.machine()}
+        facts = {"machine": platform.machine(), "arch": platform.machine()}
         try:
-            import onnxruntime  # noqa: F401
-            import paddle2onnx  # noqa: F401
+            import onnxruntime
         except Exception as exc:  # noqa: BLE001 - any import failure makes the device unavailable
-            return [DeviceInfo("onnxruntime", False, f"onnxruntime or paddle2onnx is not importable: {exc}", facts)]
-        facts.update(onnxruntime=package_version("onnxruntime"), paddle2onnx=package_version("paddle2onnx"),
-                     cores=str(os.cpu_count()))
+            return [DeviceInfo("onnxruntime", False, f"onnxruntime is not importable: {exc}", facts)]
+        facts.update(onnxruntime=package_version("onnxruntime"), paddle2onnx=paddle2onnx_fact(),
+                     cores=str(os.cpu_count()), providers=",".join(onnxruntime.get_available_providers()))
         return [DeviceInfo("onnxruntime", True, "", facts)]
 
     def load(self, model: ModelDir, device: str, options: Mapping[str, str]) -> OrtPredictor:

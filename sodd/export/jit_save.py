@@ -29,10 +29,13 @@ def main(job_json: str) -> None:
     static = paddle.jit.to_static(layer, input_spec=specs, full_graph=True)
     prefix = job["prefix"]
     if job["format"] == "legacy":
+        from sodd.export.clean import strip_program_file
+
         # Keep the PIR export's parameter file: both formats write the same bytes, and
         # saving to a scratch prefix avoids racing the file the PIR program points at.
         scratch = prefix + ".legacy_tmp"
         paddle.jit.save(static, scratch)
+        strip_program_file(scratch + ".pdmodel")  # no call stacks: no build paths, same bytes everywhere
         os.replace(scratch + ".pdmodel", prefix + ".pdmodel")
         for suffix in (".pdiparams", ".pdiparams.info"):
             if os.path.exists(scratch + suffix):
