@@ -1,0 +1,107 @@
+"""`sodd quantize` keeps working on the tiny model, the openvino plugin serves what it writes, and
+sodd's command line stays quiet and light. No timing assertions: the speed-ups and the mAP costs
+are measured by hand (docs/high-performance.md), not here."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from sodd.errors import FailedPrecondition
+from sodd.local import LocalDetector
+from sodd.modeldir import read_model_dir
+from sodd.quantization import INT8_DEVICE, INT8_REPORT, INT8_XML, int8_candidates, program_fingerprint
+from tests.conftest import REPO
+
+
+def sodd(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sodd.cli", *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny generated COCO set: its train images calibrate, its val images measure the mAP."""
+    root = tmp_path_factory.mktemp("quantize") / "synth"
+    result = sodd("synth", "--output", str(root), "--train", "4", "--val", "3", "--seed", "5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return root
+
+
+@pytest.fixture(scope="module")
+def quantized(tiny_model_dirs: dict[str, Path], labelled: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("quantize") / "tiny-int8"
+    calibration = sorted((labelled / "images").glob("*"))[:4]
+    result = sodd("quantize", "--model-dir", str(tiny_model_dirs["both"]), "--output", str(out),
+                  *(arg for path in calibration for arg in ("--images", str(path))),
+                  "--dataset", str(labelled), "--subset-size", "4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report == json.loads((out / INT8_REPORT).read_text())
+    return out
+
+
+def test_quantize_writes_an_int8_model_with_its_measured_cost(quantized: Path,
+                                                              tiny_model_dirs: dict[str, Path]) -> None:
+    report = json.loads((quantized / INT8_REPORT).read_text())
+    assert (quantized / INT8_XML).stat().st_size > 0 and (quantized / "inference.int8.bin").stat().st_size > 0
+    # The copy carries the source program, and the report names it by content.
+    assert report["source_fingerprint"] == program_fingerprint(read_model_dir(tiny_model_dirs["both"]))
+    assert report["calibration_images"] == 4 and report["subset_size"] == 4 and report["head_in_f32"] > 0
+    for key in ("map_fp32", "map_int8", "map50_fp32", "map50_int8"):
+        assert 0 <= report[key] <= 100, report
+    assert report["map_cost"] == pytest.approx(report["map_fp32"] - report["map_int8"], abs=0.011)
+    # High-performance mode considers INT8 only at a measured cost of at most one point.
+    assert int8_candidates(read_model_dir(quantized)) == ((INT8_DEVICE,) if report["map_cost"] <= 1.0 else ())
+    assert not (tiny_model_dirs["both"] / INT8_XML).exists(), "--output must leave the source alone"
+
+
+def test_the_openvino_plugin_serves_the_int8_model(quantized: Path) -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (120, 200, 3), dtype=np.uint8)
+    cv2.circle(image, (60, 60), 20, (255, 255, 255), -1)
+    detector = LocalDetector(quantized, device=INT8_DEVICE, threads=1)
+    try:
+        assert detector.served.device.startswith("openvino")
+        assert "INT8" in detector.served.notes
+        result = detector.run([image])
+        (boxes,) = result.images
+        assert boxes.boxes.shape[1] == 4 and len(boxes.scores) == len(boxes.labels)
+        assert ((boxes.boxes[:, 0] >= 0) & (boxes.boxes[:, 2] <= 200)).all()
+    finally:
+        detector.close()
+
+
+def test_int8_without_an_artefact_says_how_to_make_one(tiny_model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dirs["both"], model)
+    with pytest.raises(FailedPrecondition, match="sodd quantize"):
+        from hw_plugins.openvino import OpenVinoPlugin
+
+        OpenVinoPlugin().load(read_model_dir(model), INT8_DEVICE, {"precision": "int8", "threads": "1"})
+    # A stale report (another program) is not trusted: the artefact must match the weights.
+    (model / INT8_XML).write_text("<net/>")
+    (model / INT8_REPORT).write_text(json.dumps({"source_fingerprint": "0" * 64, "map_cost": 0.0}))
+    assert int8_candidates(read_model_dir(model)) == ()
+
+
+def test_the_command_line_is_quiet_and_light(tiny_model_dirs: dict[str, Path]) -> None:
+    """`sodd --help` imports no paddle; loading a model prints no ccache warning or oneDNN check lines."""
+    probe = ("import sys; from sodd.cli import build_parser; build_parser(); "
+             "print(sorted(m for m in ('paddle', 'cv2', 'openvino') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+    load = ("from sodd.local import LocalDetector; import numpy as np; "
+            f"d = LocalDetector({str(REPO / 'sodd' / 'default_model')!r}, threads=1); "
+            "d.detect(np.zeros((64, 64, 3), np.uint8)); d.close(); print('loaded')")
+    result = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout == "loaded\n", result.stdout
+    assert "ccache" not in result.stderr and "ReduceMean" not in result.stderr, result.stderr
