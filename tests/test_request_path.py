@@ -4,12 +4,14 @@ and its peak VmHWM from /proc) or latency, on the real daemon over gRPC."""
 
 from __future__ import annotations
 
+import multiprocessing
 import shutil
 import statistics
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import grpc
@@ -197,6 +199,25 @@ def test_a_model_asking_for_a_huge_input_is_refused_at_load(tiny_model_dirs: dic
         assert d.stop() == 0, d.log()
 
 
+def heavy_client(address: str, kind: str, stop: Any, results: Any) -> None:
+    """One load process: 4K frames sliced automatically, or the largest allowed DetectBatch (64
+    noise images that fit one default 64 MB message), back to back until `stop`; puts its codes."""
+    rng = np.random.default_rng(0 if kind == "sliced" else 1)
+    if kind == "sliced":
+        frame = cv2.imencode(".jpg", rng.integers(0, 255, (2160, 3840, 3), np.uint8))[1].tobytes()
+        request, method = pb.DetectRequest(image=pb.Image(encoded=frame), slicing=pb.Slicing(auto=True)), "Detect"
+    else:
+        image = cv2.imencode(".jpg", rng.integers(0, 255, (540, 960, 3), np.uint8))[1].tobytes()
+        request, method = pb.DetectBatchRequest(images=[pb.Image(encoded=image)] * 64), "DetectBatch"
+        assert request.ByteSize() < 64 * MB
+    channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 * MB)])
+    call = getattr(pb_grpc.DetectorStub(channel), method)
+    codes = []
+    while not stop.is_set():
+        codes.append(call_code(call, request, timeout=120)[0].name)
+    results.put(codes)
+
+
 def test_the_loop_answers_health_and_the_watchdog_under_the_heaviest_requests(
         tiny_model_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Deliverable 3: while clients send sliced 4K frames and the largest allowed DetectBatch,
@@ -208,38 +229,28 @@ def test_the_loop_answers_health_and_the_watchdog_under_the_heaviest_requests(
     d = start_daemon(["--model", f"tiny={tiny_model_dirs['both']}"], tmp_path / "daemon.log")
     monkeypatch.delenv("NOTIFY_SOCKET")
     try:
-        rng = np.random.default_rng(0)
-        frame = cv2.imencode(".jpg", rng.integers(0, 255, (2160, 3840, 3), np.uint8))[1].tobytes()
-        # 64 noise images that fit in one default 64 MB message (noise compresses badly).
-        batch_image = cv2.imencode(".jpg", rng.integers(0, 255, (540, 960, 3), np.uint8))[1].tobytes()
-        sliced = pb.DetectRequest(image=pb.Image(encoded=frame), slicing=pb.Slicing(auto=True))
-        batch = pb.DetectBatchRequest(images=[pb.Image(encoded=batch_image)] * 64)
-        assert batch.ByteSize() < 64 * MB
-        detector = stub(d)
         health = health_pb2_grpc.HealthStub(grpc.insecure_channel(d.address))
         health.Check(health_pb2.HealthCheckRequest(), timeout=10)
         idle = memory(d)["VmRSS"]
-        codes: list[grpc.StatusCode] = []
-        stop = threading.Event()
-
-        def client(fn, request) -> None:  # noqa: ANN001
-            while not stop.is_set():
-                codes.append(call_code(fn, request, timeout=120)[0])
-
-        clients = [threading.Thread(target=client, args=(detector.Detect, sliced)) for _ in range(2)]
-        clients.append(threading.Thread(target=client, args=(detector.DetectBatch, batch)))
+        # The load comes from other processes: serialising a 60 MB batch holds the sender's GIL for
+        # tens of milliseconds, which would otherwise be measured as the daemon's latency.
+        spawn = multiprocessing.get_context("spawn")
+        stop, results = spawn.Event(), spawn.Queue()
+        clients = [spawn.Process(target=heavy_client, args=(d.address, kind, stop, results))
+                   for kind in ("sliced", "sliced", "batch")]
         for c in clients:
             c.start()
         mark = len(listener.snapshot())
         checks = []
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline or len(codes) < 3:
+        while time.monotonic() < deadline:
             started = time.perf_counter()
             health.Check(health_pb2.HealthCheckRequest(), timeout=10)
             checks.append(time.perf_counter() - started)
         stop.set()
+        codes = [code for _ in clients for code in results.get(timeout=180)]
         for c in clients:
-            c.join()
+            c.join(60)
         pings = [t for t, f in listener.snapshot()[mark:] if f.get("WATCHDOG") == "1"]
         gaps = [b - a for a, b in zip(pings[:-1], pings[1:], strict=False)]
         p99 = statistics.quantiles(checks, n=100)[98]
@@ -248,8 +259,8 @@ def test_the_loop_answers_health_and_the_watchdog_under_the_heaviest_requests(
         print(f"health checks {len(checks)}: p50 {statistics.median(checks) * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms, "
               f"max {max(checks) * 1e3:.1f} ms; watchdog gaps max {max(gaps):.2f} s; requests {len(codes)}; "
               f"RSS idle {idle / MB:.0f} MiB, peak {heavy / MB:.0f} MiB, after {settled / MB:.0f} MiB")
-        assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
-        assert grpc.StatusCode.OK in codes
+        assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
+        assert "OK" in codes
         assert p99 < 0.25, p99  # docs/reliability.md gives the measured figure; this guards a regression
         assert max(gaps) < 1.0, gaps
         # Most of the peak goes back; what stays (docs/reliability.md) is not the requests' buffers.
