@@ -87,3 +87,21 @@ def test_nothing_here_needs_a_build_from_source() -> None:
     installs = [line for line in makefile.splitlines() if "pip install" in line and "$(VENV)" in line
                 and "--upgrade pip" not in line]
     assert installs and all("--only-binary :all:" in line for line in installs), installs
+
+
+@pytest.mark.parametrize("python", ("3.9", "3.13"))
+def test_the_light_client_builds_and_installs_from_wheels_on_arm(python: str, tmp_path: Path) -> None:
+    """clients/ on an ARM board: its build requirements (protoc through grpcio-tools) and its runtime
+    requirements with the drawing extra, wheels only, at both ends of the Pythons it promises (x86_64
+    installs are real installs in tests/test_client_install.py)."""
+    arch = "aarch64"
+    text = (REPO / "clients" / "pyproject.toml").read_text()
+    build = re.search(r"^requires = \[(.*?)\]", text, re.M | re.S)
+    assert build, "clients/pyproject.toml has no build requirements"
+    requirements = tmp_path / "client.in"
+    requirements.write_text("\n".join(re.findall(r'"([^"]+)"', build.group(1))) + "\n")
+    build_pins = compile_wheels_only([str(requirements)], arch, python, tmp_path)
+    assert "grpcio-tools" in build_pins
+    runtime = compile_wheels_only(["clients/pyproject.toml", "--extra", "draw"], arch, python, tmp_path)
+    assert {"grpcio", "protobuf", "pillow"} <= runtime.keys()
+    assert not {"numpy", "paddlepaddle", "opencv-python-headless"} & runtime.keys()
