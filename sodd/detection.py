@@ -326,11 +326,15 @@ class Detector:
             detections = self._finish(plan, flight.options, [f.result() for f in flight.futures])
             served = plan.served
             result = DetectResult(flight.request_id, served.name, served.version, served.device, detections)
-            flight.succeed(flight.answer(result) if flight.answer is not None else result)
+            answer = flight.answer(result) if flight.answer is not None else result
         except BaseException as exc:  # noqa: BLE001 - answered to the caller
-            flight.fail(exc)
-        finally:
             plan.admission.release()
+            flight.fail(exc)
+            return
+        # The places go back before the answer does: a client that sends its next request as soon
+        # as it has this answer must find them free (at max_pending it was refused otherwise).
+        plan.admission.release()
+        flight.succeed(answer)
 
     # -- steps ---------------------------------------------------------------------------------
 
