@@ -18,9 +18,10 @@ A thin translator like sodd.service: tensors and parameters in, the detection co
 
 Tokens: the token check hands every call here with the caller's rights (sodd.auth); model calls
 check them, and loading or unloading needs the manage right (without a tokens file: a local
-caller, as for LoadModel). Budgets: ModelInfer and ModelStreamInfer take places in the inference
-and per-client budgets (sodd.budgets). Metrics: each request is counted in the sodd_* series with
-method ModelInfer or ModelStreamInfer, and ModelStatistics reads those same series.
+caller, as for LoadModel). Budgets: sodd.budgets admits ModelInfer and ModelStreamInfer into the
+inference and per-client budgets before their request is read. Metrics: each request is counted in
+the sodd_* series with method ModelInfer or ModelStreamInfer, and ModelStatistics reads those same
+series.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ import grpc
 import numpy as np
 
 from sodd.auth import caller_rights, may_manage
-from sodd.budgets import BudgetInterceptor
 from sodd.detection import SLICING_FIELDS, DetectOptions, Detector, DetectResult, ImageInput, SlicingRequest
 from sodd.errors import InvalidArgument, NotFound, PermissionDenied, SoddError
 from sodd.logs import log_request, quote
@@ -355,7 +355,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     file, a remote caller, remote management not allowed)."""
 
     def __init__(self, detector: Detector, manager: ModelManager, metrics: Metrics | None = None,
-                 budgets: BudgetInterceptor | None = None, ready: Callable[[], bool] = lambda: True,
+                 ready: Callable[[], bool] = lambda: True,
                  stopping: Callable[[], bool] = lambda: False,
                  local_manage_only: Callable[[grpc.aio.ServicerContext], bool] = lambda _: False,
                  max_streams: int = 16) -> None:
@@ -363,7 +363,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self._registry: ModelRegistry = detector.registry
         self._manager = manager
         self._metrics = metrics
-        self._budgets = budgets
         self._ready = ready
         self._stopping = stopping
         self._local_manage_only = local_manage_only

@@ -160,7 +160,7 @@ async def serve(config: ServeConfig, reload_config: Callable[[], ServeConfig] | 
         return access.tokens is None and not access.allow_remote_management \
             and not is_local_peer(context.peer() or "")
 
-    inference = InferenceService(service.detector, manager, metrics, budgets, ready, lambda: stopping,
+    inference = InferenceService(service.detector, manager, metrics, ready, lambda: stopping,
                                  local_manage_only, config.max_streams)
     oip_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
     names = (detector_pb2.DESCRIPTOR.services_by_name["Detector"].full_name,
