@@ -13,7 +13,8 @@ the same way everywhere. One request goes:
 4. prepare, on a worker thread: decode one image at a time, cut its windows as views, preprocess,
    and drop the decoded pixels;
 5. infer on the model's engine (`sodd.engine`), which the event loop only awaits;
-6. finish, on a worker thread: merge windows, threshold, clip, label, into `Detections`.
+6. finish, on the inference thread that ran the last image (a sliced request, whose merging can be
+   long, on a worker thread): merge windows, threshold, clip, label, into `Detections`.
 
 Nothing here knows gRPC or protobuf: the servicer converts at the edge, once.
 """
@@ -29,13 +30,12 @@ from concurrent.futures import CancelledError, Executor, Future
 from dataclasses import asdict, dataclass, field
 from typing import TypeVar
 
-import cv2
 import numpy as np
 
 from sodd.engine import Admission, ImageResult
 from sodd.errors import InvalidArgument
 from sodd.heap import HeapTrimmer
-from sodd.model.decode import RAW_CHANNEL_CONVERSIONS, check_pixels, check_raw, decode_encoded
+from sodd.model.decode import check_pixels, check_raw, decode_encoded, to_bgr
 from sodd.model.imageinfo import ImageHeader, read_header
 from sodd.model.postprocess import Box, Threshold, finish, resolve_threshold
 from sodd.model.preprocess import Prepared, prepare
@@ -219,13 +219,10 @@ def _measure(image: ImageInput, limits: Limits) -> tuple[int, int, ImageHeader |
 
 def _decode(image: ImageInput, header: ImageHeader | None, limits: Limits) -> np.ndarray:
     data = image.data
-    if isinstance(data, RawImage):
-        pixels = np.frombuffer(data.data, np.uint8).reshape(data.height, data.width, data.channels)
-        return pixels if data.channels == 3 else cv2.cvtColor(pixels, RAW_CHANNEL_CONVERSIONS[data.channels])
+    if isinstance(data, RawImage):  # `_measure` checked it
+        return to_bgr(np.frombuffer(data.data, np.uint8).reshape(data.height, data.width, data.channels))
     if isinstance(data, np.ndarray):
-        if data.ndim == 2 or data.shape[2] == 1:
-            return cv2.cvtColor(data.reshape(data.shape[:2]), cv2.COLOR_GRAY2BGR)
-        return data if data.shape[2] == 3 else cv2.cvtColor(data, cv2.COLOR_BGRA2BGR)
+        return to_bgr(data)
     return decode_encoded(bytes(data), limits.max_image_pixels, f"{image.field}.encoded", header)
 
 

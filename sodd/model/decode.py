@@ -58,10 +58,15 @@ def check_raw(height: int, width: int, channels: int, size: int, max_pixels: int
         )
 
 
+def to_bgr(pixels: np.ndarray) -> np.ndarray:
+    """uint8 HxW or HxWxC pixels (C 1, 3 or 4: grey, BGR, BGRA) as HxWx3 BGR; BGR is not copied."""
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, np.newaxis]
+    channels = pixels.shape[2]
+    return pixels if channels == 3 else cv2.cvtColor(pixels, RAW_CHANNEL_CONVERSIONS[channels])
+
+
 def decode_raw(height: int, width: int, channels: int, data: bytes, max_pixels: int,
                field: str = "image.raw") -> np.ndarray:
     check_raw(height, width, channels, len(data), max_pixels, field)
-    pixels = np.frombuffer(data, np.uint8).reshape(height, width, channels)
-    if channels == 3:
-        return pixels
-    return cv2.cvtColor(pixels, RAW_CHANNEL_CONVERSIONS[channels])
+    return to_bgr(np.frombuffer(data, np.uint8).reshape(height, width, channels))
