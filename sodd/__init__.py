@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sodd.quiet import filter_import_warnings
+from sodd.observability.quiet import filter_import_warnings
 
 # `import paddle` warns that ccache is missing, which only matters to those compiling extensions.
 filter_import_warnings()

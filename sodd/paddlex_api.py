@@ -6,8 +6,8 @@
         res.save_to_img(save_path="./output/")
         res.save_to_json(save_path="./output/res.json")
 
-The model runs the daemon's own detection core (`sodd.local.LocalDetector`: the registry, hardware
-plugins and `sodd.detection`), so its boxes are the daemon's boxes, and yields the same result
+The model runs the daemon's own detection core (`sodd.runtime.local.LocalDetector`: the registry, hardware
+plugins and `sodd.runtime.detection`), so its boxes are the daemon's boxes, and yields the same result
 objects as `sodd_client.Client.predict` (`sodd_client.results.DetResult`), in PaddleX 3.7.2's layouts.
 
 Without `model_dir`, `model_name` is looked up in a model repository: the `repository` argument,
@@ -28,10 +28,10 @@ import numpy as np
 from sodd_client.inputs import Input, batches
 from sodd_client.results import DetResult, box_dict
 
-from sodd.detection import SLICING_FIELDS, Detections, DetectOptions, SlicingRequest
-from sodd.local import LocalDetector
+from sodd.model.modeldir import read_model_dir
 from sodd.model.postprocess import Threshold
-from sodd.modeldir import read_model_dir
+from sodd.runtime.detection import SLICING_FIELDS, Detections, DetectOptions, SlicingRequest
+from sodd.runtime.local import LocalDetector
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 DEFAULT_MODEL_NAME = "sodd-SOD-tiny"
@@ -45,7 +45,7 @@ class ModelNotFound(FileNotFoundError):
 def configured_repository() -> Path | None:
     if os.environ.get(REPOSITORY_ENV):
         return Path(os.environ[REPOSITORY_ENV])
-    from sodd.config_file import DEFAULT_CONFIG_PATH, read_config
+    from sodd.config.toml_file import DEFAULT_CONFIG_PATH, read_config
 
     if DEFAULT_CONFIG_PATH.is_file():
         value = read_config(DEFAULT_CONFIG_PATH).get("model_repository")
@@ -54,7 +54,7 @@ def configured_repository() -> Path | None:
 
 
 def _newest_version(source: Path) -> Path | None:
-    from sodd.repository import scan_source
+    from sodd.runtime.repository import scan_source
 
     complete = {v: d for v, d in scan_source(source).items() if not d.missing}
     return complete[max(complete)].path if complete else None
@@ -71,7 +71,7 @@ def find_model_dir(model_name: str, repository: str | Path | None = None) -> Pat
     """The directory serving `model_name`: a repository entry of that name or Global.model_name."""
     root = Path(repository) if repository else configured_repository()
     if root is not None:
-        from sodd.repository import scan_repository
+        from sodd.runtime.repository import scan_repository
 
         sources = scan_repository(root)
         if model_name in sources and (found := _newest_version(sources[model_name])):

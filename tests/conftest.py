@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from sodd.export.paddlex_dir import ExportSpec, export_paddlex_dir
+from sodd.training.export.paddlex_dir import ExportSpec, export_paddlex_dir
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -100,7 +100,7 @@ class Daemon:
 def start_daemon(args: list[str], log_path: Path, timeout: float = 120.0, threads: int | None = 2) -> Daemon:
     """Start `sodd serve` on a free loopback port and wait until it says it listens.
 
-    `threads=None` leaves the CPU set-up to the daemon (see sodd.registry.Instances)."""
+    `threads=None` leaves the CPU set-up to the daemon (see sodd.runtime.registry.Instances)."""
     # Port 0 for metrics too, so test daemons never fight over the default 9464.
     cmd = [sys.executable, "-m", "sodd.cli", "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
            *(["--threads", str(threads)] if threads else []), *args]
@@ -170,8 +170,8 @@ def sod_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import numpy as np
     import paddle
 
-    from sodd.ppyoloe.export import export_model
-    from sodd.ppyoloe.model import build_model
+    from sodd.training.ppyoloe.export import export_model
+    from sodd.training.ppyoloe.model import build_model
 
     root = tmp_path_factory.mktemp("sod")
     paddle.seed(1)

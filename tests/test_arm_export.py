@@ -16,9 +16,9 @@ import numpy as np
 import paddle
 import pytest
 
-from sodd.export.clean import TRACE_ATTRS, source_paths, strip_program
-from sodd.ppyoloe.export import export_model
-from sodd.ppyoloe.model import build_model
+from sodd.model.program import TRACE_ATTRS, source_paths, strip_program
+from sodd.training.ppyoloe.export import export_model
+from sodd.training.ppyoloe.model import build_model
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO / "sodd" / "default_model"
@@ -128,7 +128,7 @@ def test_sodd_lite_converts_a_model_to_the_same_arm_program_every_time(tmp_path:
 @needs_lite
 def test_sodd_lite_for_this_machine_is_tried_and_loaded_by_the_arm_plugin(tmp_path: Path) -> None:
     from hw_plugins.arm_lite import ArmLitePlugin, machine_target
-    from sodd.modeldir import read_model_dir
+    from sodd.model.modeldir import read_model_dir
 
     model = tmp_path / "model"
     shutil.copytree(DEFAULT_MODEL, model)

@@ -38,7 +38,7 @@ def detect_default_model() -> list[list[list[float]]]:
     """Rows [cls, score, x1, y1, x2, y2] per scene, through sodd's in-process detector on `cpu`."""
     import cv2
 
-    from sodd.local import LocalDetector
+    from sodd.runtime.local import LocalDetector
 
     detector = LocalDetector(REPO / "sodd" / "default_model", "cpu")
     try:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from sodd.errors import FailedPrecondition
-from sodd.modeldir import read_model_dir
+from sodd.model.modeldir import read_model_dir
 from tests.conftest import start_daemon
 
 LITE_HERE = importlib.util.find_spec("paddlelite") is not None and platform.machine() in ("x86_64", "AMD64")
@@ -180,7 +180,7 @@ def test_sigterm_with_a_lite_model_drains_cleanly(tiny_model_dirs: dict[str, Pat
 
 
 def test_high_performance_mode_measures_what_the_machine_has() -> None:
-    from sodd.high_performance import CANDIDATES, REFERENCE, machine_candidates
+    from sodd.runtime.high_performance import CANDIDATES, REFERENCE, machine_candidates
 
     arm = machine_candidates("aarch64")
     assert arm[0] == REFERENCE and set(arm) == {"cpu", "openvino", "onnxruntime"}

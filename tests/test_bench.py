@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from sodd_client.bench import percentile
 
-from sodd.bench.plain import PlainSetup
-from sodd.bench.report import targets, write_section
-from sodd.bench.stats import Measurement
+from sodd.tools.bench.plain import PlainSetup
+from sodd.tools.bench.report import targets, write_section
+from sodd.tools.bench.stats import Measurement
 from tests.conftest import REPO, Daemon, paddlex_python
 
 

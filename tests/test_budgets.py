@@ -1,4 +1,4 @@
-"""Call budgets (sodd.budgets) and the access check (sodd.auth) on an in-process grpc.aio server
+"""Call budgets (sodd.serving.budgets) and the access check (sodd.serving.auth) on an in-process grpc.aio server
 with a stand-in Detector: each kind of call draws on its own budget, a client host on its own
 share, health checks are never refused, a body that does not come is timed out, and management
 needs authority."""
@@ -15,10 +15,18 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from sodd.auth import EVERYTHING, Rights, TokenFileError, TokenInterceptor, TokenTable, may_manage, visible_models
-from sodd.budgets import Budget, BudgetInterceptor, peer_host
-from sodd.config import ServeConfig
-from sodd.health import HealthServicer
+from sodd.config.schema import ServeConfig
+from sodd.serving.auth import (
+    EVERYTHING,
+    Rights,
+    TokenFileError,
+    TokenInterceptor,
+    TokenTable,
+    may_manage,
+    visible_models,
+)
+from sodd.serving.budgets import Budget, BudgetInterceptor, peer_host
+from sodd.serving.health import HealthServicer
 from sodd.v1 import detector_pb2 as pb
 from sodd.v1 import detector_pb2_grpc as pb_grpc
 

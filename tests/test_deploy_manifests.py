@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from sodd.config_file import read_config
+from sodd.config.toml_file import read_config
 from tests.fleet_helpers import cached_venv
 
 if sys.version_info >= (3, 11):
@@ -61,7 +61,7 @@ def test_manifests_agree_with_the_daemon(tmp_path: Path) -> None:
     config_file.write_text(toml_text)
     values = read_config(config_file)  # the daemon's own reader: every key known, every value valid
     settings = tomllib.loads(toml_text)
-    drain = settings["drain_grace_seconds"] + settings["drain_timeout_seconds"] + 2  # + sodd.drain's quiet limit
+    drain = settings["drain_grace_seconds"] + settings["drain_timeout_seconds"] + 2  # + drain's quiet limit
     assert values["max_connection_age_seconds"] > 0
     for workload in [*by_kind("Deployment"), *by_kind("DaemonSet")]:
         pod = workload["spec"]["template"]["spec"]

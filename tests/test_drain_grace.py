@@ -1,4 +1,4 @@
-"""A drain that balancers can see (sodd.drain): NOT_SERVING at once, answers through the grace,
+"""A drain that balancers can see (sodd.serving.drain): NOT_SERVING at once, answers through the grace,
 then UNAVAILABLE (never CANCELLED), open watches closed rather than holding the stop; overall
 health following the default model; the maximum connection age."""
 
@@ -13,10 +13,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from sodd.config import DEFAULT_MODEL_DIR, ModelConfig, ServeConfig
+from sodd.config.schema import DEFAULT_MODEL_DIR, ModelConfig, ServeConfig
 from sodd.oip import grpc_service_pb2 as oip
 from sodd.oip import grpc_service_pb2_grpc as oip_grpc
-from sodd.server import server_options
+from sodd.serving.server import server_options
 from sodd.v1 import detector_pb2 as pb
 from sodd.v1 import detector_pb2_grpc as pb_grpc
 from tests.conftest import start_daemon

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from sodd_client import Client
 
-from sodd.engine import ModelRunner
 from sodd.errors import DeadlineExceeded, ResourceExhausted
 from sodd.model.preprocess import Prepared
+from sodd.runtime.engine import ModelRunner
 from sodd.v1 import detector_pb2 as pb
 from sodd.v1 import detector_pb2_grpc as pb_grpc
 from tests.conftest import start_daemon
@@ -228,8 +228,8 @@ def test_detect_stream_answers_in_order_and_survives_a_bad_frame(busy_daemon, fr
 
 def test_detect_stream_holds_at_most_the_configured_frames(tiny_model_dirs, frame: bytes) -> None:
     """The servicer reads a frame only when fewer than max_stream_frames are in the daemon."""
-    from sodd.config import ModelConfig, ServeConfig
-    from sodd.service import DetectorService
+    from sodd.config.schema import ModelConfig, ServeConfig
+    from sodd.serving.service import DetectorService
 
     config = ServeConfig(models=(ModelConfig("m", tiny_model_dirs["both"]),), max_stream_frames=2)
     service = DetectorService.__new__(DetectorService)

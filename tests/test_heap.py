@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sodd import heap
+from sodd.runtime import heap
 
 
 def test_the_operators_malloc_arena_max_wins(monkeypatch: pytest.MonkeyPatch) -> None:

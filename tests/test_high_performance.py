@@ -12,11 +12,11 @@ import cv2
 import numpy as np
 import pytest
 
-from sodd import pipeline
-from sodd.devices import DeviceSpec
-from sodd.high_performance import BF16_TOLERANCE, Tolerance, agreement, select_backend
+from sodd.model import pipeline
+from sodd.model.modeldir import read_model_dir
 from sodd.model.nms import NmsParams, multiclass_nms
-from sodd.modeldir import read_model_dir
+from sodd.plugins.devices import DeviceSpec
+from sodd.runtime.high_performance import BF16_TOLERANCE, Tolerance, agreement, select_backend
 
 needs_onnx = pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in ("paddle2onnx", "onnxruntime", "openvino")),
@@ -124,7 +124,7 @@ def real_bgr(real_images: list[Path]) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def synthetic_bgr() -> list[np.ndarray]:
-    from sodd.synth.generator import SynthConfig, render_image
+    from sodd.datasets.synth.generator import SynthConfig, render_image
 
     return [render_image(np.random.default_rng([5, i]), SynthConfig(image_size=(256, 256)))[0] for i in range(2)]
 
@@ -256,9 +256,9 @@ def test_selection_falls_back_to_paddle_fp32_when_nothing_else_agrees(sod_model_
 @needs_onnx
 def test_registry_serves_the_selected_backend_and_names_it(
         sod_model_dir: Path, onnx_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sodd.config import ModelConfig
-    from sodd.plugin import discover_plugins
-    from sodd.registry import ModelRegistry
+    from sodd.config.schema import ModelConfig
+    from sodd.plugins.protocol import discover_plugins
+    from sodd.runtime.registry import ModelRegistry
 
     monkeypatch.setenv("CACHE_DIRECTORY", str(onnx_cache.parent))
     plugins, _ = discover_plugins()

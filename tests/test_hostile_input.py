@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sodd.fuzzing import ALLOWED_CODES, LABELS, RequestPath
+from sodd.tools.fuzzing import ALLOWED_CODES, LABELS, RequestPath
 from sodd.v1 import detector_pb2 as pb
 
 REPO = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ import grpc
 import pytest
 from sodd_client import Client
 
-from sodd.export.paddlex_dir import ExportSpec, export_paddlex_dir
+from sodd.training.export.paddlex_dir import ExportSpec, export_paddlex_dir
 from sodd.v1 import detector_pb2 as pb
 from sodd.v1 import detector_pb2_grpc as pb_grpc
 from tests.conftest import REPO, start_daemon

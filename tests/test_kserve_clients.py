@@ -1,4 +1,4 @@
-"""The KServe v2 / Open Inference Protocol (sodd.kserve) as existing clients see it: tritonclient
+"""The KServe v2 / Open Inference Protocol (sodd.serving.kserve) as existing clients see it: tritonclient
 (grpc) and KServe's InferenceGRPCClient, each in its own process of a cached venv (tritonclient
 needs protobuf < 7, which the daemon's environment cannot hold), against a real daemon. Live,
 ready, metadata, infer (encoded images and pixels), stream, repository and statistics; the boxes
@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from sodd.config import DEFAULT_MODEL_DIR
+from sodd.config.schema import DEFAULT_MODEL_DIR
 from sodd.v1 import detector_pb2 as pb
 from sodd.v1 import detector_pb2_grpc as pb_grpc
 from tests.conftest import Daemon, start_daemon
@@ -127,7 +127,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Two generated scenes (the default model's kind of data, so they give boxes) of different
     sizes, so that the outputs are padded."""
-    from sodd.synth.generator import SynthConfig, render_image
+    from sodd.datasets.synth.generator import SynthConfig, render_image
 
     root = tmp_path_factory.mktemp("images")
     paths = []

@@ -1,4 +1,4 @@
-"""sodd.kserve without client libraries: the committed code matches proto/sodd/oip, requests are
+"""sodd.serving.kserve without client libraries: the committed code matches proto/sodd/oip, requests are
 checked and converted as documented, and the service keeps the daemon's tokens and metrics."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import grpc
 import numpy as np
 import pytest
 
-from sodd.config import DEFAULT_MODEL_DIR
+from sodd.config.schema import DEFAULT_MODEL_DIR
 from sodd.errors import InvalidArgument
-from sodd.kserve import parse_slicing, parse_threshold, read_infer_request
 from sodd.oip import grpc_service_pb2 as pb
 from sodd.oip import grpc_service_pb2_grpc as pb_grpc
+from sodd.serving.kserve import parse_slicing, parse_threshold, read_infer_request
 from tests.conftest import start_daemon
 from tests.service_helpers import jpeg_bytes
 

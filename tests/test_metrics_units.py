@@ -12,9 +12,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from sodd.config import ModelConfig, ServeConfig
-from sodd.logs import JsonFormatter, log_request, request_message, setup_logging
-from sodd.metrics import Metrics, MetricsInterceptor, split_listen
+from sodd.config.schema import ModelConfig, ServeConfig
+from sodd.observability.logs import JsonFormatter, log_request, request_message, setup_logging
+from sodd.observability.metrics import Metrics, MetricsInterceptor, split_listen
 from sodd.v1 import detector_pb2 as pb
 from sodd.v1 import detector_pb2_grpc as pb_grpc
 

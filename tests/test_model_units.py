@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from sodd.errors import ModelDirError
+from sodd.model.modeldir import NormalizeImage, Resize, read_model_dir
 from sodd.model.postprocess import apply_threshold, finish, resolve_threshold, split_per_image
 from sodd.model.preprocess import CV2_INTERP, normalize, prepare
-from sodd.modeldir import NormalizeImage, Resize, read_model_dir
 
 
 def write_dir(root: Path, yml: dict, files=("inference.json", "inference.pdiparams")) -> Path:

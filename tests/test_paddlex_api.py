@@ -9,8 +9,8 @@ import cv2
 import pytest
 
 from sodd import create_model
-from sodd.local import LocalDetector
 from sodd.paddlex_api import ModelNotFound
+from sodd.runtime.local import LocalDetector
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,6 @@ def test_predict_matches_the_detection_core(tiny_model_dirs: dict[str, Path], vi
 
 
 def _slices():  # noqa: ANN202
-    from sodd.detection import SlicingRequest
+    from sodd.runtime.detection import SlicingRequest
 
     return SlicingRequest(given={"slice_height": 320, "slice_width": 320, "auto": False}).resolve(None)

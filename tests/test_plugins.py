@@ -19,9 +19,9 @@ import pytest
 from sodd_client import Client
 from sodd_client.cli import main as client_main
 
-from sodd.devices import ACCEPTED_FORMS, parse_devices
 from sodd.errors import FailedPrecondition, InvalidArgument
-from sodd.modeldir import read_model_dir
+from sodd.model.modeldir import read_model_dir
+from sodd.plugins.devices import ACCEPTED_FORMS, parse_devices
 from sodd.v1 import detector_pb2 as pb
 from tests.conftest import REPO, Daemon, serve_exit, start_daemon
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sodd import pipeline
-from sodd.modeldir import read_model_dir
+from sodd.model import pipeline
+from sodd.model.modeldir import read_model_dir
 
 # CI must run these: there a missing wheel fails them instead of skipping.
 pytestmark = pytest.mark.skipif(

@@ -3,7 +3,7 @@
 import numpy as np
 import paddle
 
-from sodd.ppyoloe.assigner import candidate_mask, pairwise_iou, task_aligned_assign
+from sodd.training.ppyoloe.assigner import candidate_mask, pairwise_iou, task_aligned_assign
 
 
 def _t(x, dtype="float32"):

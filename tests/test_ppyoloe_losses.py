@@ -5,8 +5,8 @@ import math
 import numpy as np
 import paddle
 
-from sodd.ppyoloe.head import dfl_expectation, distance_to_box
-from sodd.ppyoloe.losses import box_to_distance, dfl_loss, giou, varifocal_loss
+from sodd.training.ppyoloe.head import dfl_expectation, distance_to_box
+from sodd.training.ppyoloe.losses import box_to_distance, dfl_loss, giou, varifocal_loss
 
 
 def _t(x, dtype="float32"):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from sodd.ppyoloe.flops import count
-from sodd.ppyoloe.model import build_inference
+from sodd.training.ppyoloe.flops import count
+from sodd.training.ppyoloe.model import build_inference
 
 PUBLISHED_MIB = {"PP-YOLOE_plus_SOD-S": 77.29, "PP-YOLOE_plus_SOD-L": 324.93}
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from sodd.errors import FailedPrecondition
-from sodd.local import LocalDetector
-from sodd.modeldir import read_model_dir
-from sodd.quantization import INT8_DEVICE, INT8_REPORT, INT8_XML, int8_candidates, program_fingerprint
+from sodd.model.int8 import INT8_DEVICE, INT8_REPORT, INT8_XML, int8_candidates, program_fingerprint
+from sodd.model.modeldir import read_model_dir
+from sodd.runtime.local import LocalDetector
 from tests.conftest import REPO
 
 
@@ -98,7 +98,7 @@ def test_the_command_line_is_quiet_and_light(tiny_model_dirs: dict[str, Path]) -
              "print(sorted(m for m in ('paddle', 'cv2', 'openvino') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
-    load = ("from sodd.local import LocalDetector; import numpy as np; "
+    load = ("from sodd.runtime.local import LocalDetector; import numpy as np; "
             f"d = LocalDetector({str(REPO / 'sodd' / 'default_model')!r}, threads=1); "
             "d.detect(np.zeros((64, 64, 3), np.uint8)); d.close(); print('loaded')")
     result = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, cwd=REPO, timeout=300)

@@ -13,8 +13,8 @@ import pytest
 
 from sodd.cli import build_parser
 from sodd.commands.serve import build_config
-from sodd.config import ModelConfig, ServeConfig
-from sodd.config_file import ConfigError, make_config, parse_config, read_config
+from sodd.config.schema import ModelConfig, ServeConfig
+from sodd.config.toml_file import ConfigError, make_config, parse_config, read_config
 from tests.conftest import REPO
 
 EXAMPLE = REPO / "systemd" / "sodd.toml.example"

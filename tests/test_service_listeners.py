@@ -12,8 +12,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from sodd.config import ServeConfig
-from sodd.listeners import CertificateStore, ListenerError, TlsFiles, add_listeners
+from sodd.config.schema import ServeConfig
+from sodd.serving.listeners import CertificateStore, ListenerError, TlsFiles, add_listeners
 from tests.service_helpers import issue, make_ca
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sodd_client import Client
 
-from sodd.sdnotify import Notifier
+from sodd.serving.sdnotify import Notifier
 from tests.conftest import start_daemon
 from tests.service_helpers import NotifyListener
 

@@ -31,7 +31,7 @@ def request(image: Path, **slicing: object) -> pb.DetectRequest:
 
 
 def test_daemon_slices_like_the_local_slicer(daemon, picodet_dir: Path, visdrone_image: Path) -> None:
-    from sodd.local import LocalDetector
+    from sodd.runtime.local import LocalDetector
 
     local = LocalDetector(picodet_dir, threads=2)
     try:

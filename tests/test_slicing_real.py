@@ -24,7 +24,7 @@ OPTIONS = SliceOptions(slice_height=384, slice_width=384)
 
 @pytest.fixture(scope="module")
 def detector(picodet_dir) -> Iterator:
-    from sodd.local import LocalDetector
+    from sodd.runtime.local import LocalDetector
 
     det = LocalDetector(picodet_dir, threads=2)
     yield det

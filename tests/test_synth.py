@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 
-from sodd.synth import CLASSES, SynthConfig, generate_dataset
-from sodd.synth.generator import render_image
+from sodd.datasets.synth import CLASSES, SynthConfig, generate_dataset
+from sodd.datasets.synth.generator import render_image
 
 
 def test_layout_and_coco_fields(tmp_path):

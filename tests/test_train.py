@@ -5,10 +5,10 @@ import json
 import paddle
 import pytest
 
-from sodd.ppyoloe.model import build_model
-from sodd.synth import SynthConfig, generate_dataset
-from sodd.train.dataset import DatasetError, batches, load_coco
-from sodd.train.trainer import TrainConfig, lr_at, train
+from sodd.datasets.synth import SynthConfig, generate_dataset
+from sodd.training.dataset import DatasetError, batches, load_coco
+from sodd.training.ppyoloe.model import build_model
+from sodd.training.trainer import TrainConfig, lr_at, train
 
 SMALL = {"input_size": 128, "num_classes": 6}
 

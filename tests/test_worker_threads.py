@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from sodd import engine
-from sodd.worker_threads import WorkerThreads
+from sodd.runtime import engine
+from sodd.runtime.worker_threads import WorkerThreads
 from tests.test_engine import SlowPredictor
 
 

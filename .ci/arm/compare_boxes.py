@@ -104,7 +104,7 @@ def synth_images(count: int = 3) -> list[bytes]:
     """Generated scenes (fixed seeds) as PNG bytes, the default model's kind of image."""
     import cv2
 
-    from sodd.synth.generator import SynthConfig, render_image
+    from sodd.datasets.synth.generator import SynthConfig, render_image
 
     images = []
     for seed in range(count):
@@ -119,7 +119,7 @@ def synth_scenes(count: int, size: tuple[int, int]) -> list[bytes]:
     """Generated scenes of `size` (h, w) as PNG bytes; the daemon resizes them to the model's input."""
     import cv2
 
-    from sodd.synth.generator import SynthConfig, render_image
+    from sodd.datasets.synth.generator import SynthConfig, render_image
 
     scenes = []
     for seed in range(count):

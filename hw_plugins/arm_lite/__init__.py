@@ -33,8 +33,8 @@ import numpy as np
 
 from hw_plugins.artifact_cache import content_key, default_cache_root, publish, staging_dir
 from sodd.errors import FailedPrecondition, InvalidArgument
-from sodd.modeldir import ModelDir
-from sodd.plugin import DeviceInfo
+from sodd.model.modeldir import ModelDir
+from sodd.plugins.protocol import DeviceInfo
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def convert_program(model_file: Path, params_file: Path, target: str, out_nb: Pa
 
     The program is first rewritten without call stacks beside `out_nb` (which must end in `.nb`).
     """
-    from sodd.export.clean import strip_program
+    from sodd.model.program import strip_program
 
     out_nb = Path(out_nb)
     stripped = out_nb.with_name(out_nb.stem + ".source.pdmodel")

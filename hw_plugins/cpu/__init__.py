@@ -24,8 +24,8 @@ import numpy as np
 
 from hw_plugins.paddle_predictor import PaddlePredictor
 from sodd.errors import FailedPrecondition, InvalidArgument
-from sodd.modeldir import ModelDir
-from sodd.plugin import DeviceInfo
+from sodd.model.modeldir import ModelDir
+from sodd.plugins.protocol import DeviceInfo
 
 PRECISIONS = ("fp32", "bf16")
 

@@ -21,8 +21,8 @@ from pathlib import Path
 from hw_plugins.artifact_cache import content_key, default_cache_root, staging_dir
 from hw_plugins.paddle_predictor import PaddlePredictor, device_index
 from sodd.errors import FailedPrecondition, InvalidArgument
-from sodd.modeldir import ModelDir
-from sodd.plugin import DeviceInfo
+from sodd.model.modeldir import ModelDir
+from sodd.plugins.protocol import DeviceInfo
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 
 from hw_plugins.paddle_predictor import PaddlePredictor, device_index
 from sodd.errors import FailedPrecondition, InvalidArgument
-from sodd.modeldir import ModelDir
-from sodd.plugin import DeviceInfo
+from sodd.model.modeldir import ModelDir
+from sodd.plugins.protocol import DeviceInfo
 
 DEFAULT_TYPE = "npu"
 OPTIONS = ("type",)

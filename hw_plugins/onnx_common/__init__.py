@@ -26,8 +26,8 @@ import numpy as np
 
 from hw_plugins.artifact_cache import content_key, default_cache_root, publish, staging_dir
 from sodd.errors import FailedPrecondition
+from sodd.model.modeldir import ModelDir
 from sodd.model.nms import NmsParams, multiclass_nms
-from sodd.modeldir import ModelDir
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from hw_plugins.onnx_common import (
     paddle2onnx_fact,
 )
 from sodd.errors import InvalidArgument
-from sodd.modeldir import ModelDir
-from sodd.plugin import DeviceInfo
+from sodd.model.modeldir import ModelDir
+from sodd.plugins.protocol import DeviceInfo
 
 OPTIONS = ("threads", "cache_dir")
 

@@ -27,13 +27,12 @@ from hw_plugins.onnx_common import (
     paddle2onnx_fact,
 )
 from sodd.errors import FailedPrecondition, InvalidArgument
-from sodd.modeldir import ModelDir
-from sodd.plugin import DeviceInfo
+from sodd.model.int8 import INT8_XML
+from sodd.model.modeldir import ModelDir
+from sodd.plugins.protocol import DeviceInfo
 
 OPTIONS = ("threads", "cache_dir", "precision")
 PRECISIONS = ("f32", "bf16", "int8")
-# `sodd quantize` writes the INT8 model beside the program (sodd.quantization.INT8_XML).
-INT8_XML = "inference.int8.xml"
 
 
 def import_openvino() -> ModuleType:

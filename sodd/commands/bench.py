@@ -73,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _setups(text: str, cores: int) -> list:
-    from sodd.bench.plain import PlainSetup
+    from sodd.tools.bench.plain import PlainSetup
 
     if text.strip() == "auto":
         return [PlainSetup(1, cores)] + ([PlainSetup(cores, 1)] if cores > 1 else [])
@@ -99,10 +99,10 @@ def _slug(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sodd.bench import images as image_sets
-    from sodd.bench import machine, plot, report, runner
-    from sodd.devices import usable_cores
-    from sodd.modeldir import ModelDirError, read_model_dir
+    from sodd.model.modeldir import ModelDirError, read_model_dir
+    from sodd.plugins.devices import usable_cores
+    from sodd.tools.bench import images as image_sets
+    from sodd.tools.bench import machine, plot, report, runner
 
     try:
         model = read_model_dir(args.model_dir)
@@ -192,7 +192,7 @@ def _relative(path: Path, doc: Path | None) -> str:
         return str(path.resolve())
 
 
-def _progress(m) -> None:  # noqa: ANN001 - a sodd.bench.stats.Measurement, imported lazily
+def _progress(m) -> None:  # noqa: ANN001 - a sodd.tools.bench.stats.Measurement, imported lazily
     print(f"{m.system:16} {m.setup:10} {m.size:>10} c={m.concurrency:<3} {m.throughput:7.2f} images/s  "
           f"p50 {m.percentile(50) * 1000:8.1f} ms  p99 {m.percentile(99) * 1000:8.1f} ms  lost {m.lost}",
           file=sys.stderr, flush=True)

@@ -4,7 +4,7 @@
                   [--candidates cpu,openvino] [--json FILE]
 
 For each model, every candidate backend is loaded and timed the way high-performance mode does at
-load (sodd.high_performance: synthetic scenes at the model's input size, interleaved rounds, one
+load (sodd.runtime.high_performance: synthetic scenes at the model's input size, interleaved rounds, one
 image per run, model inference time only: the plugin's run including NMS, without decoding and
 preprocessing), with `--runs` runs each; the boxes are checked against Paddle fp32. Prints one
 markdown table per model and the speed-up of the chosen backend over normal mode.
@@ -34,10 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sodd.high_performance import CANDIDATES, REFERENCE, Tolerance, select_backend
-    from sodd.modeldir import read_model_dir
-    from sodd.plugin import discover_plugins
-    from sodd.quiet import native_stdout_filtered
+    from sodd.model.modeldir import read_model_dir
+    from sodd.observability.quiet import native_stdout_filtered
+    from sodd.plugins.protocol import discover_plugins
+    from sodd.runtime.high_performance import CANDIDATES, REFERENCE, Tolerance, select_backend
 
     plugins, _ = discover_plugins()
     threads = str(args.threads or os.cpu_count() or 1)

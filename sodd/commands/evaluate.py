@@ -10,9 +10,9 @@ from typing import Any
 
 from sodd.datasets.check import write_result
 from sodd.datasets.coco import SplitData, load_dataset
-from sodd.datasets.detections import DetectionError, DetectionRun, Detector, class_to_category, run_detector
 from sodd.datasets.errors import DatasetError
-from sodd.evaluation import CocoMetrics, class_names, evaluate_coco
+from sodd.training.detections import DetectionError, DetectionRun, Detector, class_to_category, run_detector
+from sodd.training.evaluation import CocoMetrics, class_names, evaluate_coco
 
 RESULT_FILE = "evaluate_result.json"  # PaddleX's
 REPORT_FILE = "evaluate_report.json"
@@ -140,7 +140,7 @@ def format_table(metrics: CocoMetrics, categories: dict[int, str], gt_counts: Co
 
 
 def _open_detector(args: argparse.Namespace) -> Detector:
-    from sodd.datasets.detections import LocalModel, ServedModel
+    from sodd.training.detections import LocalModel, ServedModel
 
     if args.server:
         return ServedModel(args.server, args.model or "", args.threshold, timeout=args.timeout)

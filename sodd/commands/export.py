@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sodd.ppyoloe.export import export_model
+    from sodd.training.ppyoloe.export import export_model
 
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
     try:

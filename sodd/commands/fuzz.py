@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     # Coverage feedback from sodd's own code; instrumenting numpy, OpenCV and gRPC too would only
     # slow each input down.
     with atheris.instrument_imports(include=["sodd"]):
-        from sodd.fuzzing import ALLOWED_CODES, RequestPath
+        from sodd.tools.fuzzing import ALLOWED_CODES, RequestPath
         from sodd.v1 import detector_pb2 as pb
 
     import logging

@@ -31,7 +31,7 @@ def convert(model_dir: Path, target: str = "arm", output: Path | None = None) ->
     """Write the `.nb` program; returns its path and the seconds Opt took."""
     from hw_plugins.arm_lite import PIR_ONLY_HINT, TARGET_NB, convert_program, machine_target
     from hw_plugins.arm_lite.tool import trial
-    from sodd.modeldir import read_model_dir
+    from sodd.model.modeldir import read_model_dir
 
     model = read_model_dir(model_dir)
     if model.legacy_model_file is None:

@@ -13,8 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sodd.ppyoloe.config import CONFIGS
-    from sodd.ppyoloe.flops import count
+    from sodd.training.ppyoloe.config import CONFIGS
+    from sodd.training.ppyoloe.flops import count
 
     names = args.configs or list(CONFIGS)
     unknown = [n for n in names if n not in CONFIGS]

@@ -59,8 +59,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[int, Any]:
-    from sodd.modeldir import ModelDirError
-    from sodd.quantization import INT8_DEVICE, MAX_MAP_COST, coco_map, image_files, quantize, write_report
+    from sodd.model.int8 import INT8_DEVICE, MAX_MAP_COST
+    from sodd.model.modeldir import ModelDirError
+    from sodd.training.quantization import coco_map, image_files, quantize, write_report
 
     try:
         images = image_files(args.images)

@@ -11,16 +11,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sodd.auth import TokenFileError
-from sodd.budgets import raise_open_files_limit
-from sodd.config import DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME, ModelConfig, ServeConfig
-from sodd.config_file import DEFAULT_CONFIG_PATH, ConfigError, make_config, read_config
-from sodd.devices import parse_devices
+from sodd.config.schema import DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME, ModelConfig, ServeConfig
+from sodd.config.toml_file import DEFAULT_CONFIG_PATH, ConfigError, make_config, read_config
+from sodd.config.version_policy import VersionPolicy
 from sodd.errors import SoddError
-from sodd.heap import limit_arenas, return_large_buffers
-from sodd.listeners import ListenerError
-from sodd.logs import setup_logging
-from sodd.repository import VersionPolicy
+from sodd.observability.logs import setup_logging
+from sodd.plugins.devices import parse_devices
+from sodd.runtime.heap import limit_arenas, return_large_buffers
+from sodd.serving.auth import TokenFileError
+from sodd.serving.budgets import raise_open_files_limit
+from sodd.serving.listeners import ListenerError
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -213,7 +213,7 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    limit_arenas()  # before any thread starts: see sodd.heap
+    limit_arenas()  # before any thread starts: see sodd.runtime.heap
     return_large_buffers()
     try:
         config = build_config(args)
@@ -226,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     for name in ("sodd", "hw_plugins"):
         logging.getLogger(name).setLevel(args.log_level.upper())
     raise_open_files_limit()  # one descriptor per client connection; logs what it did
-    from sodd.server import serve
+    from sodd.serving.server import serve
 
     try:
         asyncio.run(serve(config, reload_config=lambda: build_config(args)))

@@ -105,7 +105,7 @@ def recall(truth: np.ndarray, boxes: Sequence[Box]) -> tuple[float, float]:
 
 
 def ap50(truth: np.ndarray, boxes: Sequence[Box], width: int, height: int) -> float:
-    from sodd.evaluation import evaluate_coco
+    from sodd.training.evaluation import evaluate_coco
 
     gt = {
         "images": [{"id": 1, "width": width, "height": height}],
@@ -256,7 +256,7 @@ def _pct(value: float) -> str:
 def run(args: argparse.Namespace) -> int:
     import cv2
 
-    from sodd.local import LocalDetector
+    from sodd.runtime.local import LocalDetector
 
     truth_file = args.visdrone.with_suffix(".txt")
     coco = [(Path(image), Path(gt), int(class_id)) for image, gt, class_id in args.coco]

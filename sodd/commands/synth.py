@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sodd.synth.generator import SynthConfig, generate_dataset
+    from sodd.datasets.synth.generator import SynthConfig, generate_dataset
 
     if args.train < 1 or args.val < 1:
         print("sodd synth: --train and --val must be at least 1")

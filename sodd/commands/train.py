@@ -39,8 +39,8 @@ def parse_overrides(items: list[str]) -> tuple[dict, dict]:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here, not at the top: `sodd --help` imports every command module and must not load paddle.
-    from sodd.train.dataset import DatasetError
-    from sodd.train.trainer import TrainConfig, train
+    from sodd.training.dataset import DatasetError
+    from sodd.training.trainer import TrainConfig, train
 
     try:
         train_over, model_over = parse_overrides(args.set)

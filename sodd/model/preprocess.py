@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from sodd.modeldir import NormalizeImage, Permute, PreprocessOp, Resize
+from sodd.model.modeldir import NormalizeImage, Permute, PreprocessOp, Resize
 
 CV2_INTERP = {
     0: cv2.INTER_NEAREST,

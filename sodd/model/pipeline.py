@@ -1,0 +1,37 @@
+"""The model-side steps of a detection, shared by the daemon and local tools.
+
+decode -> preprocess (from inference.yml) -> plugin run -> split per image -> threshold, clip,
+label. Everything except the plugin run is pure numpy, which keeps PaddleX parity cheap to test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from sodd.model.modeldir import ModelDir
+from sodd.model.postprocess import Box, Threshold, finish, split_per_image
+from sodd.model.preprocess import Prepared, batch_inputs, prepare
+
+
+def prepare_images(model: ModelDir, images: Sequence[np.ndarray]) -> list[Prepared]:
+    return [prepare(image, model.preprocess) for image in images]
+
+
+def network_inputs(prepared: Sequence[Prepared], input_names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    return batch_inputs(list(prepared), input_names)
+
+
+def boxes_per_image(outputs: Sequence[np.ndarray], prepared: Sequence[Prepared], model: ModelDir,
+                    threshold: Threshold, max_detections: int = 0) -> list[list[Box]]:
+    """Outputs by position: [N, 6] box rows, then per-image counts."""
+    if len(outputs) < 2:
+        raise ValueError(f"the program returned {len(outputs)} outputs; a detector returns boxes and counts")
+    rows = split_per_image(outputs[0], outputs[1])
+    if len(rows) != len(prepared):
+        raise ValueError(f"the program returned counts for {len(rows)} images, {len(prepared)} were sent")
+    return [
+        finish(r, threshold, model.label_list, p.original_hw[1], p.original_hw[0], max_detections)
+        for r, p in zip(rows, prepared, strict=True)
+    ]

@@ -1,0 +1,278 @@
+"""Running predictors: per-model queue, dynamic batching, predictor instances, admission control.
+
+Each loaded model version has one queue of images and one work loop per predictor instance
+(Paddle predictors are not thread-safe). The loops run on long-lived worker threads that pass from
+one model version to the next (see `sodd.runtime.worker_threads`). A worker takes the oldest image,
+adds images of the same shape that are waiting — or arrive within `max_queue_delay` — up to
+`max_batch_size`, runs them as one batch and splits the rows back per image. With
+`combine_requests` off, a batch holds images of one request only (a DetectBatch), never images of
+different requests: on CPUs a batch costs as much per image as single runs, so combining only
+makes requests wait for each other. Images whose client cancelled or whose deadline passed are
+dropped before inference. A full queue refuses at once (RESOURCE_EXHAUSTED); every accepted image
+gets a result or an error, never silence.
+
+An optional *wide* predictor uses every core for one image. It runs only when the queue holds a
+single request and no other instance is busy, so a lone client gets the latency of all cores,
+while under load the narrow instances (fewer threads each) run side by side for throughput. The
+two kinds never run at the same time, so the cores are never oversubscribed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, wait
+from dataclasses import dataclass
+
+import numpy as np
+
+from sodd.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from sodd.model.postprocess import split_per_image
+from sodd.model.preprocess import Prepared, batch_inputs
+from sodd.plugins.protocol import Predictor
+from sodd.runtime.worker_threads import WorkerThreads
+
+_WORKER_THREADS = WorkerThreads("infer")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A raw run: the program's outputs for inputs batched by the caller."""
+
+    outputs: list[np.ndarray]
+    queue_seconds: float
+    inference_seconds: float
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One image's raw box rows ([n, 6], original pixels) and how it was run."""
+
+    rows: np.ndarray
+    queue_seconds: float
+    inference_seconds: float
+    batch_size: int
+
+
+class Admission:
+    """Places a request holds in its model's budget; `release` gives them back, once."""
+
+    def __init__(self, runner: ModelRunner, images: int) -> None:
+        self._runner: ModelRunner | None = runner
+        self.images = images
+
+    def release(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner._release(self.images)
+
+
+@dataclass(eq=False)
+class _Job:
+    future: Future
+    enqueued: float
+    deadline: float | None  # time.monotonic() deadline
+    request: object  # the same object for all images of one submitted request
+    prepared: Prepared | None = None  # one image, batched with others
+    inputs: Mapping[str, np.ndarray] | None = None  # or a raw run, alone
+
+    def batchable_with(self, other: _Job, combine_requests: bool) -> bool:
+        return (self.prepared is not None and other.prepared is not None
+                and (combine_requests or self.request is other.request)
+                and self.prepared.image.shape == other.prepared.image.shape)
+
+
+class ModelRunner:
+    def __init__(self, predictors: Predictor | Sequence[Predictor], max_pending: int, name: str,
+                 max_batch_size: int = 8, max_queue_delay: float = 0.0, combine_requests: bool = True,
+                 wide: Predictor | None = None) -> None:
+        self.predictors = [predictors] if isinstance(predictors, Predictor) else list(predictors)
+        self.predictor = self.predictors[0]
+        self.wide = wide
+        self.max_pending = max_pending
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay = max_queue_delay
+        self.combine_requests = combine_requests
+        # Told the number of images in each predictor run (metrics set it once the model serves).
+        self.observe_batch: Callable[[int], None] | None = None
+        self._queue: deque[_Job] = deque()
+        self._admitted = 0  # network runs of requests inside the daemon (see admit)
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._running = 0  # batches on predictors now
+        self._wide_running = False
+        workers = [(p, False, f"infer-{name}-{i}") for i, p in enumerate(self.predictors)]
+        if wide is not None:
+            workers.append((wide, True, f"infer-{name}-wide"))
+        self._loops = [_WORKER_THREADS.run(self._work, p, is_wide, loop_name)
+                       for p, is_wide, loop_name in workers]
+
+    @property
+    def all_predictors(self) -> list[Predictor]:
+        return self.predictors + ([self.wide] if self.wide is not None else [])
+
+    @property
+    def pending(self) -> int:
+        """Images waiting for a predictor."""
+        return len(self._queue)
+
+    def admit(self, images: int) -> Admission:
+        """Hold places for a request's network runs from admission to answer, refusing at once when full.
+
+        Counting from admission, not from the queue, keeps decoding and preprocessing bounded too:
+        under overload the daemon answers RESOURCE_EXHAUSTED in microseconds instead of letting
+        every stage's backlog grow. A request that could never fit is the caller's to refuse
+        (INVALID_ARGUMENT), so this refusal always means "retry later".
+        """
+        with self._cond:
+            if self._admitted + images > self.max_pending:
+                raise ResourceExhausted(
+                    f"the model is full ({self._admitted} network runs admitted, limit {self.max_pending}); "
+                    "retry later")
+            self._admitted += images
+        return Admission(self, images)
+
+    def _release(self, images: int) -> None:
+        with self._cond:
+            self._admitted -= images
+
+    # -- submitting ------------------------------------------------------------------------
+
+    def _enqueue(self, jobs: list[_Job]) -> None:
+        with self._cond:
+            if self._stopping:
+                raise Unavailable("the model version is shutting down; retry")
+            if len(self._queue) + len(jobs) > self.max_pending:
+                raise ResourceExhausted(
+                    f"the model's queue is full ({len(self._queue)} images waiting, limit {self.max_pending}); "
+                    "retry later")
+            self._queue.extend(jobs)
+            self._cond.notify_all()
+
+    def submit(self, prepared: Sequence[Prepared], deadline: float | None = None) -> list[Future]:
+        now, request = time.perf_counter(), object()
+        jobs = [_Job(Future(), now, deadline, request, prepared=p) for p in prepared]
+        self._enqueue(jobs)
+        return [j.future for j in jobs]
+
+    async def run_images(self, prepared: Sequence[Prepared], deadline: float | None = None) -> list[ImageResult]:
+        futures = [asyncio.wrap_future(f) for f in self.submit(prepared, deadline)]
+        try:
+            return list(await asyncio.gather(*futures))
+        finally:
+            for f in futures:  # a cancelled request withdraws its images that have not run yet
+                f.cancel()
+
+    def run_images_sync(self, prepared: Sequence[Prepared], deadline: float | None = None) -> list[ImageResult]:
+        return [f.result() for f in self.submit(prepared, deadline)]
+
+    def _submit_raw(self, inputs: Mapping[str, np.ndarray]) -> Future:
+        job = _Job(Future(), time.perf_counter(), None, object(), inputs=inputs)
+        self._enqueue([job])
+        return job.future
+
+    async def run(self, inputs: Mapping[str, np.ndarray]) -> RunResult:
+        return await asyncio.wrap_future(self._submit_raw(inputs))
+
+    def run_sync(self, inputs: Mapping[str, np.ndarray]) -> RunResult:
+        return self._submit_raw(inputs).result()
+
+    # -- working ---------------------------------------------------------------------------
+
+    def _lone_request(self) -> bool:
+        """True when the wide predictor should take the queue: one request waits and nothing runs."""
+        if self.wide is None or self._running or not self._queue:
+            return False
+        first = self._queue[0].request
+        return all(job.request is first for job in self._queue)
+
+    def _may_take(self, wide: bool) -> bool:
+        if not self._queue or self._wide_running:
+            return False
+        return self._lone_request() if wide else not self._lone_request()
+
+    def _next_batch(self, wide: bool) -> list[_Job] | None:
+        with self._cond:
+            while not self._may_take(wide):
+                if self._stopping:
+                    return None
+                self._cond.wait()
+            self._running += 1
+            self._wide_running = wide
+            batch = [self._queue.popleft()]
+            if batch[0].inputs is not None:
+                return batch
+            until = time.perf_counter() + self.max_queue_delay
+            while len(batch) < self.max_batch_size:
+                for job in list(self._queue):
+                    if len(batch) == self.max_batch_size:
+                        break
+                    if job.batchable_with(batch[0], self.combine_requests):
+                        self._queue.remove(job)
+                        batch.append(job)
+                remaining = until - time.perf_counter()
+                if len(batch) == self.max_batch_size or remaining <= 0 or self._stopping:
+                    break
+                self._cond.wait(remaining)
+            return batch
+
+    def _work(self, predictor: Predictor, wide: bool, name: str) -> None:
+        threading.current_thread().name = name  # what a stack dump or py-spy shows
+        while (batch := self._next_batch(wide)) is not None:
+            try:
+                now = time.monotonic()
+                live = []
+                for job in batch:
+                    if not job.future.set_running_or_notify_cancel():
+                        continue  # the client went away before its image ran
+                    if job.deadline is not None and now > job.deadline:
+                        job.future.set_exception(DeadlineExceeded("the deadline passed while the request was queued"))
+                        continue
+                    live.append(job)
+                if live:
+                    self._run(predictor, live)
+            finally:
+                with self._cond:
+                    self._running -= 1
+                    self._wide_running = False
+                    self._cond.notify_all()
+
+    def _run(self, predictor: Predictor, jobs: list[_Job]) -> None:
+        started = time.perf_counter()
+        try:
+            if jobs[0].inputs is not None:
+                outputs = predictor.run(jobs[0].inputs)
+                jobs[0].future.set_result(RunResult(outputs, started - jobs[0].enqueued,
+                                                    time.perf_counter() - started))
+                return
+            outputs = predictor.run(batch_inputs([j.prepared for j in jobs], predictor.input_names))
+            elapsed = time.perf_counter() - started
+            if len(outputs) < 2:
+                raise ValueError(f"the program returned {len(outputs)} outputs; a detector returns boxes and counts")
+            rows = split_per_image(outputs[0], outputs[1])
+            if len(rows) != len(jobs):
+                raise ValueError(f"the program returned counts for {len(rows)} images, {len(jobs)} were sent")
+            if self.observe_batch is not None:
+                self.observe_batch(len(jobs))
+            for job, image_rows in zip(jobs, rows, strict=True):
+                job.future.set_result(ImageResult(image_rows, started - job.enqueued, elapsed, len(jobs)))
+        except Exception as exc:  # noqa: BLE001 - the error belongs to these requests, not the worker
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            leftover = list(self._queue)
+            self._queue.clear()
+            self._cond.notify_all()
+        for job in leftover:
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(Unavailable("the model version was unloaded; retry"))
+        wait(self._loops)
+        for predictor in self.all_predictors:
+            predictor.close()

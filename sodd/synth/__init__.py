@@ -1,5 +1,0 @@
-"""Seeded synthetic small-object detection datasets in PaddleX's COCO layout."""
-
-from sodd.synth.generator import CLASSES, SynthConfig, generate_dataset
-
-__all__ = ["CLASSES", "SynthConfig", "generate_dataset"]

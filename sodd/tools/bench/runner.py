@@ -1,0 +1,191 @@
+"""One benchmark run: every system on the same model directory and images, one after another.
+
+Order: the plain loops and PaddleX's predict loop (each in its own process, one after another),
+then the servers: sodd (each variant) and PaddleX's serving, measured in turn at each image size
+and concurrency. Nothing is measured while another system works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sodd_client.bench import run_load
+
+from sodd.model.modeldir import read_model_dir
+from sodd.plugins.devices import usable_cores
+from sodd.tools.bench import http_load, plain
+from sodd.tools.bench import paddlex_baselines as pdx
+from sodd.tools.bench.daemon import MODEL_NAME, BenchDaemon
+from sodd.tools.bench.images import ImageSet
+from sodd.tools.bench.plain import PlainSetup
+from sodd.tools.bench.stats import Measurement
+
+
+@dataclass(frozen=True)
+class Plan:
+    model_dir: Path
+    image_sets: Sequence[ImageSet]
+    concurrency: Sequence[int]
+    requests: int
+    warmup: int
+    workdir: Path
+    address: str | None = None  # a running daemon; None starts one
+    model: str = ""  # the model's name on that daemon
+    # Daemon configurations to start in turn, (name, `sodd serve` arguments); the name becomes the
+    # sodd rows' set-up ("" for a single unnamed one). Ignored with `address`.
+    variants: Sequence[tuple[str, Sequence[str]]] = (("", ()),)
+    plain_setups: Sequence[PlainSetup] = ()
+    paddlex_python: Path | None = None
+    paddlex_predict: bool = True
+    paddlex_serving: bool = True
+    threads: int = field(default_factory=usable_cores)  # for the PaddleX baselines
+    timeout: float = 300.0
+    # One client: sodd and PaddleX's predict in this many alternating rounds (requests split among
+    # them), so the machine's load drifts hit both; 0 measures PaddleX's predict loop on its own first.
+    rounds: int = 0
+
+
+@dataclass
+class Outcome:
+    measurements: list[Measurement] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # system -> why it was not measured
+    versions: dict[str, str] = field(default_factory=dict)
+    interleaved: list[Interleaved] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Interleaved:
+    """One client, sodd and PaddleX's predict in alternating rounds: each round's p50, in seconds."""
+
+    size: str
+    variant: str
+    sodd_p50: list[float]
+    paddlex_p50: list[float]
+
+    @property
+    def ratios(self) -> list[float]:
+        return [s / p for s, p in zip(self.sodd_p50, self.paddlex_p50, strict=True) if p > 0]
+
+    @property
+    def ratio(self) -> float:
+        """The median of the rounds' ratios."""
+        return float(statistics.median(self.ratios))
+
+
+def run(plan: Plan, progress: Callable[[Measurement], None] = lambda m: None) -> Outcome:
+    model = read_model_dir(plan.model_dir)
+    outcome = Outcome()
+
+    def record(m: Measurement) -> None:
+        outcome.measurements.append(m)
+        progress(m)
+
+    for setup in plan.plain_setups:
+        for images in plan.image_sets:
+            record(plain.measure_in_child(plan.model_dir, images, setup, plan.requests, plan.warmup))
+
+    python = pdx.find_python(str(plan.paddlex_python) if plan.paddlex_python else None)
+    if python is None and (plan.paddlex_predict or plan.paddlex_serving):
+        reason = "PaddleX environment not found (set SODD_PADDLEX_PYTHON or --paddlex-python)"
+        for name, wanted in (("paddlex-predict", plan.paddlex_predict), ("paddlex-serving", plan.paddlex_serving)):
+            if wanted:
+                outcome.skipped[name] = reason
+    interleave = python is not None and plan.paddlex_predict and plan.rounds > 1 and 1 in plan.concurrency
+    if python is not None and plan.paddlex_predict and not interleave:
+        predicted = pdx.measure_predict(python, model, plan.image_sets, plan.requests, plan.warmup, plan.threads)
+        outcome.versions.update(predicted.versions)
+        for m in predicted.measurements:
+            record(m)
+
+    # The servers start together and are measured in turn at each point, so a change in the
+    # machine's other load between points hits sodd and PaddleX's serving alike. An idle server
+    # only waits on its socket.
+    with contextlib.ExitStack() as stack:
+        servers: list[Callable[..., Measurement]] = []
+        if plan.address is not None:
+            servers.append(_sodd_point(plan, plan.address, plan.model, ""))
+        else:
+            for variant, serve_args in plan.variants:
+                log_path = plan.workdir / f"sodd-serve{'-' + variant if variant else ''}.log"
+                daemon = stack.enter_context(BenchDaemon(plan.model_dir, log_path, serve_args))
+                servers.append(_sodd_point(plan, daemon.address, MODEL_NAME, variant))
+        sodd_servers = list(servers)
+        if python is not None and plan.paddlex_serving:
+            server = stack.enter_context(pdx.PaddlexServer(python, model, plan.threads, plan.workdir))
+            servers.append(_http_point(plan, server.url))
+        rounds = None
+        if interleave:
+            assert python is not None
+            rounds = stack.enter_context(pdx.PredictRounds(python, model, plan.image_sets, plan.threads,
+                                                           plan.workdir))
+            outcome.versions.update(rounds.versions)
+        for index, images in enumerate(plan.image_sets):
+            for c in plan.concurrency:
+                if c == 1 and rounds is not None:
+                    _interleave(plan, index, images, sodd_servers, rounds, record, outcome)
+                    others = servers[len(sodd_servers):]
+                else:
+                    others = servers
+                for measure in others:
+                    record(measure(images, c))
+    return outcome
+
+
+def _interleave(plan: Plan, index: int, images: ImageSet, sodd_servers: list, rounds: pdx.PredictRounds,
+                record: Callable[[Measurement], None], outcome: Outcome) -> None:
+    """sodd (each variant) and PaddleX's predict take turns, `plan.rounds` rounds of one client each."""
+    per_round = max(1, plan.requests // plan.rounds)
+    sodd_rounds: list[list[Measurement]] = [[] for _ in sodd_servers]
+    paddlex_rounds: list[dict] = []
+    for r in range(plan.rounds):
+        for i, measure in enumerate(sodd_servers):
+            sodd_rounds[i].append(measure(images, 1, per_round, plan.warmup if r == 0 else 1))
+        paddlex_rounds.append(rounds.measure(index, per_round, plan.warmup if r == 0 else 1))
+    paddlex_p50 = [statistics.median(p["latencies"]) if p["latencies"] else 0.0 for p in paddlex_rounds]
+    for parts in sodd_rounds:
+        record(_joined(parts))
+        outcome.interleaved.append(Interleaved(images.label, parts[0].setup,
+                                               [m.percentile(50) for m in parts], paddlex_p50))
+    record(Measurement("paddlex-predict", f"1x{rounds.threads}", images.label, 1, per_round * plan.rounds,
+                       sum(len(p["latencies"]) for p in paddlex_rounds), sum(p["seconds"] for p in paddlex_rounds),
+                       [x for p in paddlex_rounds for x in p["latencies"]],
+                       _summed([p["errors"] for p in paddlex_rounds])))
+
+
+def _joined(parts: list[Measurement]) -> Measurement:
+    first = parts[0]
+    ok = sum(m.ok for m in parts)
+    stages = {k: sum(m.stages.get(k, 0.0) * m.ok for m in parts) / ok for k in first.stages} if ok else {}
+    return Measurement(first.system, first.setup, first.size, 1, sum(m.requests for m in parts), ok,
+                       sum(m.seconds for m in parts), [x for m in parts for x in m.latencies],
+                       _summed([m.errors for m in parts]), stages)
+
+
+def _summed(errors: list) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for e in errors:
+        for k, v in e.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def _sodd_point(plan: Plan, address: str, model: str, variant: str) -> Callable[..., Measurement]:
+    def measure(images: ImageSet, c: int, requests: int | None = None, warmup: int | None = None) -> Measurement:
+        requests = plan.requests if requests is None else requests
+        result = asyncio.run(run_load(address, images.encoded, c, requests, model=model,
+                                      warmup=max(plan.warmup if warmup is None else warmup, c), timeout=plan.timeout))
+        return Measurement("sodd", variant, images.label, c, requests, result.ok, result.seconds,
+                           result.latencies, result.errors, result.stage_means())
+    return measure
+
+
+def _http_point(plan: Plan, url: str) -> Callable[[ImageSet, int], Measurement]:
+    def measure(images: ImageSet, c: int) -> Measurement:
+        return http_load.measure(url, images.encoded, images.label, c, plan.requests, max(plan.warmup, c),
+                                 plan.timeout)
+    return measure

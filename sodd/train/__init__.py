@@ -1,1 +1,0 @@
-"""Training PP-YOLOE+ SOD models on COCO datasets in PaddleX's layout."""
