@@ -22,6 +22,7 @@ from sodd.model.names import check_name
 from sodd.observability.logs import quote
 from sodd.runtime.registry import ModelRegistry, ModelState
 from sodd.runtime.repository import VersionDir, scan_repository, scan_source
+from sodd.runtime.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 # After the watcher fails it waits, doubling from the first delay up to the cap, and rescans:
@@ -57,7 +58,9 @@ class ModelManager:
         self._excluded: set[tuple[str, int | None]] = set()  # by UnloadModel; None = every version
         self._pinned: set[tuple[str, int]] = set()  # by LoadModel with a version
         self._recheck: asyncio.TimerHandle | None = None
+        self._second_look: asyncio.TimerHandle | None = None
         self._watch_task: asyncio.Task | None = None
+        self._tasks = TaskSet("model manager")  # reconciles nobody awaits
 
     def update_config(self, config: ServeConfig) -> None:
         """Take a reloaded configuration (SIGHUP): models added, removed or changed in it follow at
@@ -118,7 +121,7 @@ class ModelManager:
 
         def fire() -> None:
             self._recheck = None
-            loop.create_task(self._reconcile_reported())
+            self._tasks.spawn(self._reconcile_reported())
 
         self._recheck = loop.call_later(self._config.settle_seconds + 0.05, fire)
 
@@ -295,11 +298,14 @@ class ModelManager:
         self._watch_task = loop.create_task(self.watch())
         # Files placed between the start-up scan and the watch taking hold would be missed: look
         # once more when the watcher is surely running.
-        loop.call_later(self._config.debounce_seconds * 2, lambda: loop.create_task(self._reconcile_reported()))
+        self._second_look = loop.call_later(self._config.debounce_seconds * 2,
+                                            lambda: self._tasks.spawn(self._reconcile_reported()))
 
     async def close(self) -> None:
-        if self._recheck is not None:
-            self._recheck.cancel()
+        for timer in (self._recheck, self._second_look):
+            if timer is not None:
+                timer.cancel()
+        await self._tasks.close()
         if self._watch_task is not None:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
