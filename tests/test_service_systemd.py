@@ -13,7 +13,7 @@ import pytest
 from sodd.config.schema import ServeConfig
 from tests.conftest import REPO
 
-UNIT = REPO / "systemd" / "sodd.serving.service"
+UNIT = REPO / "systemd" / "sodd.service"
 
 
 def unit_settings(text: str) -> dict[str, str]:
@@ -28,7 +28,7 @@ def test_systemd_analyze_verify_passes(tmp_path: Path) -> None:
     assert sodd.exists(), f"{sodd} is missing: install the package (pip install -e .)"
     # verify checks that ExecStart's binary exists: point it at this environment's sodd.
     text = re.sub(r"^ExecStart=\S+", f"ExecStart={sodd}", UNIT.read_text(), flags=re.M)
-    unit = tmp_path / "sodd.serving.service"
+    unit = tmp_path / "sodd.service"
     unit.write_text(text)
     result = subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60)
     output = result.stdout + result.stderr

@@ -271,7 +271,7 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, tokens: TokenTable | None, default_model: Callable[[], str | None],
                  allow_remote_management: bool = False, stream_frames_checked: bool = False) -> None:
         self.tokens = tokens
-        # Replaced once the registry exists: the model an empty model name means.
+        # The model an empty model name means (the registry's default, which LoadModel can change).
         self.default_model = default_model
         self.allow_remote_management = allow_remote_management
         # True once the servicer answers a DetectStream frame for a model the caller may not use

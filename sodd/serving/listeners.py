@@ -21,6 +21,7 @@ from pathlib import Path
 
 import grpc
 
+from sodd.config.addresses import join_host_port, split_host_port
 from sodd.config.schema import ServeConfig
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class CertificateStore:
 
 
 def _tcp_address(listen: str, port: int) -> str:
-    return f"{listen.rsplit(':', 1)[0]}:{port}"
+    return join_host_port(split_host_port(listen)[0], port)
 
 
 def _remove_stale_socket(path: Path) -> None:

@@ -183,10 +183,9 @@ class Daemon:
         await manager.start()
 
         self.draining = draining = DrainInterceptor()
-        access = self.settings.tokens
-        access.default_model = lambda: registry.default_name
         # The servicer says when it answers a DetectStream frame for a model the caller may not use itself.
-        access.stream_frames_checked = bool(getattr(DetectorService, "CHECKS_STREAM_FRAME_RIGHTS", False))
+        access = self.settings.access(lambda: registry.default_name,
+                                      bool(getattr(DetectorService, "CHECKS_STREAM_FRAME_RIGHTS", False)))
         # Budgets first: a call is admitted (or refused, before its body is read) before anything else
         # counts it; see sodd.serving.budgets. gRPC's own limit stays as a ceiling above the budgets.
         observer = MetricsInterceptor(metrics, registry, lambda: not draining.accepting)
