@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
+from sodd.tools.daemon_process import ServeProcess, serve_command, start_serve
 from sodd.training.export.paddlex_dir import ExportSpec, export_paddlex_dir
+from tests.service_helpers import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -74,51 +73,23 @@ def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
     return dirs
 
 
-class Daemon:
-    def __init__(self, process: subprocess.Popen, address: str, log_path: Path) -> None:
-        self.process = process
-        self.address = address
-        self.log_path = log_path
-
+class Daemon(ServeProcess):
     def channel(self) -> grpc.Channel:
         return grpc.insecure_channel(self.address)
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+    def wait_for_log(self, text: str, count: int = 1, timeout: float = 60.0) -> None:
+        """Until `text` appears `count` times in the daemon's log (its own word that something happened)."""
+        wait_until(lambda: self.log().count(text) >= count, timeout, what=f"{count} x {text!r} in the daemon's log")
 
 
 def start_daemon(args: list[str], log_path: Path, timeout: float = 120.0, threads: int | None = 2) -> Daemon:
     """Start `sodd serve` on a free loopback port and wait until it says it listens.
 
-    `threads=None` leaves the CPU set-up to the daemon (see sodd.runtime.registry.Instances)."""
+    `threads=None` leaves the CPU set-up to the daemon (see sodd.runtime.loading.Instances)."""
     # Port 0 for metrics too, so test daemons never fight over the default 9464.
-    cmd = [sys.executable, "-m", "sodd.cli", "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-           *(["--threads", str(threads)] if threads else []), *args]
-    with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
-        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO)
-    deadline = time.monotonic() + timeout
-    assert process.stdout is not None
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            if process.poll() is not None:
-                raise RuntimeError(f"sodd serve exited with {process.returncode}:\n{log_path.read_text()}")
-            continue
-        match = re.search(r"listening on (\S+)", line)
-        if match:
-            return Daemon(process, match.group(1), log_path)
-    process.kill()
-    raise TimeoutError(f"sodd serve did not start in {timeout} s:\n{log_path.read_text()}")
+    serve = start_serve(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+                         *(["--threads", str(threads)] if threads else []), *args], log_path, timeout, cwd=REPO)
+    return Daemon(serve.process, serve.address, serve.log_path)
 
 
 @pytest.fixture(scope="session")
@@ -154,8 +125,7 @@ def run_paddlex(jobs: list[dict], workdir: Path) -> list[list[dict]]:
 
 def serve_exit(args: list[str], env: dict[str, str] | None = None, timeout: float = 120.0) -> tuple[int, str]:
     """Run `sodd serve` that is expected to refuse to start; return its exit status and stderr."""
-    cmd = [sys.executable, "-m", "sodd.cli", "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-           "--threads", "2", *args]
+    cmd = serve_command(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--threads", "2", *args])
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
                             env={**os.environ, **(env or {})})
     return result.returncode, result.stderr

@@ -1,4 +1,5 @@
-"""Helpers for the running-as-a-service tests: a NOTIFY_SOCKET listener, a throw-away PKI, an image."""
+"""Helpers for the running-as-a-service tests: waiting on a condition, a NOTIFY_SOCKET listener, a
+throw-away PKI, an image."""
 
 from __future__ import annotations
 
@@ -9,10 +10,33 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, *, interval: float = 0.05,
+               retry_on: tuple[type[BaseException], ...] = (), what: str = "condition") -> float:
+    """Poll `predicate` until it returns something true; the seconds that took.
+
+    For conditions only visible by asking (a model's state, a file, a log line). An exception in
+    `retry_on` counts as "not yet" (NOT_FOUND for a version the daemon has not seen yet). Raises
+    TimeoutError after `timeout` seconds, so a test that waits in vain fails instead of hanging."""
+    started = time.monotonic()
+    deadline = started + timeout
+    pause = threading.Event()  # never set: waiting on it is the pause between two polls
+    while True:
+        try:
+            if predicate():
+                return time.monotonic() - started
+        except retry_on:
+            pass
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"{what} not met within {timeout:g} s")
+        pause.wait(min(interval, remaining))
 
 
 class NotifyListener:
@@ -25,6 +49,7 @@ class NotifyListener:
         self._sock.settimeout(0.2)
         self.messages: list[tuple[float, dict[str, str]]] = []
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._receive, daemon=True)
         self._thread.start()
@@ -38,8 +63,9 @@ class NotifyListener:
             except OSError:
                 return
             fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
-            with self._lock:
+            with self._arrived:
                 self.messages.append((time.monotonic(), fields))
+                self._arrived.notify_all()
 
     def snapshot(self) -> list[tuple[float, dict[str, str]]]:
         with self._lock:
@@ -47,13 +73,20 @@ class NotifyListener:
 
     def wait_for(self, predicate: Callable[[dict[str, str]], bool], after: int = 0, timeout: float = 60.0) -> int:
         """Index of the first message from `after` on that satisfies `predicate`."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for i, (_, fields) in enumerate(self.snapshot()[after:], after):
-                if predicate(fields):
-                    return i
-            time.sleep(0.02)
-        raise AssertionError(f"no matching notification within {timeout} s; got {self.snapshot()[after:]}")
+        return self.wait_for_count(predicate, 1, after, timeout)[0]
+
+    def wait_for_count(self, predicate: Callable[[dict[str, str]], bool], count: int, after: int = 0,
+                       timeout: float = 60.0) -> list[int]:
+        """Indices of the first `count` messages from `after` on that satisfy `predicate`, as they arrive."""
+
+        def matching() -> list[int]:
+            return [i for i, (_, fields) in enumerate(self.messages[after:], after) if predicate(fields)][:count]
+
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: len(matching()) >= count, timeout):
+                raise AssertionError(f"{len(matching())} of {count} matching notifications within {timeout} s; "
+                                     f"got {self.messages[after:]}")
+            return matching()
 
     def close(self) -> None:
         self._stop.set()

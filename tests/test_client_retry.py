@@ -24,10 +24,11 @@ FAILURES = 2  # the fake refuses each request id this many times before answerin
 
 class FlakyDetector(pb_grpc.DetectorServicer):
     """Refuses each request id FAILURES times with UNAVAILABLE (as a draining daemon does), then answers;
-    request id "slow" waits until the test releases it."""
+    request id "slow" waits until the test releases it. Records the deadline each request id arrived with."""
 
     def __init__(self) -> None:
         self.attempts: Counter[str] = Counter()
+        self.time_left: dict[str, float | None] = {}  # seconds to the call's deadline, at its last attempt
         self.release = threading.Event()
         self.lock = threading.Lock()
 
@@ -35,6 +36,7 @@ class FlakyDetector(pb_grpc.DetectorServicer):
         with self.lock:
             self.attempts[request.request_id] += 1
             attempt = self.attempts[request.request_id]
+            self.time_left[request.request_id] = context.time_remaining()
         if request.request_id == "slow":
             self.release.wait(30)
         elif attempt <= FAILURES:
@@ -91,13 +93,16 @@ def test_async_client_retries_too(flaky) -> None:
 
 
 def test_deadline_is_per_call(flaky) -> None:
-    address, _ = flaky
+    address, servicer = flaky
     with Client(address, timeout=60) as client:
         with pytest.raises(grpc.RpcError) as err:
             client.detect(b"x", request_id="slow", timeout=0.3)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        # The client's default still applies to the next call.
-        assert client._t(client.timeout) == 60 and client.detect(b"x", request_id="fine").request_id == "fine"
+        assert servicer.time_left["slow"] is not None and servicer.time_left["slow"] < 1
+        # The client's default still applies to the next call: it reaches the server with about 60 s
+        # left (less the retries' backoff; gRPC rounds the deadline it sends up a little).
+        assert client.detect(b"x", request_id="fine").request_id == "fine"
+        assert servicer.time_left["fine"] is not None and 30 < servicer.time_left["fine"] < 61
 
 
 @pytest.mark.parametrize(("pixels", "message"), [

@@ -4,10 +4,10 @@ port, and clients that are slow, vanish or cancel. Each has a documented behavio
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -17,16 +17,8 @@ from sodd_client import Client
 
 from sodd.v1 import detector_pb2 as pb
 from sodd.v1 import detector_pb2_grpc as pb_grpc
-from tests.conftest import start_daemon
-
-
-def wait_for(predicate, timeout: float) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise TimeoutError("condition not met")
+from tests.conftest import Daemon, start_daemon
+from tests.service_helpers import wait_until
 
 
 @pytest.fixture()
@@ -43,10 +35,9 @@ def test_deleted_model_directory_keeps_serving_from_memory(own_model: Path, visd
         with Client(daemon.address) as c:
             before = c.detect(visdrone_image.read_bytes(), threshold=0.3)
             shutil.rmtree(own_model)
-            time.sleep(1.5)  # the watcher has seen it
+            daemon.wait_for_log("keeps serving", timeout=30)  # the watcher has seen it
             after = c.detect(visdrone_image.read_bytes(), threshold=0.3)
             assert after.boxes == before.boxes and after.version == 1
-        assert "keeps serving" in daemon.log()
     finally:
         daemon.stop()
 
@@ -59,7 +50,7 @@ def test_corrupted_files_keep_the_loaded_version_serving(own_model: Path, visdro
             before = c.detect(visdrone_image.read_bytes(), threshold=0.3)
             params = own_model / "inference.pdiparams"
             params.write_bytes(params.read_bytes()[:100])
-            wait_for(lambda: "changed files failed" in c.get_model("m").state_reason, 30)
+            wait_until(lambda: "changed files failed" in c.get_model("m").state_reason, 30)
             assert c.get_model("m").state == pb.MODEL_STATE_READY
             assert c.detect(visdrone_image.read_bytes(), threshold=0.3).boxes == before.boxes
     finally:
@@ -95,12 +86,25 @@ def test_taken_metrics_port_serves_without_metrics_until_it_frees(tiny_model_dir
             assert c.detect(visdrone_image.read_bytes()).model == "m"
         assert "serving without metrics" in daemon.log()
         holder.close()
-        wait_for(lambda: "metrics on" in daemon.log(), 30)
+        wait_until(lambda: "metrics on" in daemon.log(), 30)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
             assert b"sodd_build_info" in r.read()
     finally:
         holder.close()
         daemon.stop()
+
+
+def in_flight(metrics_url: str) -> float:
+    """Detection requests and stream frames the daemon holds now (its sodd_requests_in_flight)."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as r:
+        text = r.read().decode()
+    return sum(float(m.group(1)) for m in re.finditer(r"^sodd_requests_in_flight\{[^}]*\} (\S+)$", text, re.MULTILINE))
+
+
+def metrics_url(daemon: Daemon) -> str:
+    match = re.search(r"metrics on (http://\S+)", daemon.log())
+    assert match, daemon.log()
+    return match.group(1)
 
 
 @pytest.fixture(scope="module")
@@ -111,52 +115,84 @@ def stream_daemon(tiny_model_dirs: dict[str, Path], tmp_path_factory):
     assert daemon.stop() == 0
 
 
-def test_vanishing_and_cancelling_clients_leave_nothing_behind(stream_daemon, visdrone_image: Path) -> None:
-    frame = visdrone_image.read_bytes()
-    request = pb.DetectRequest(image=pb.Image(encoded=frame))
-    for _ in range(5):
-        # A stream whose client sends frames, never reads, and goes away.
-        channel = grpc.insecure_channel(stream_daemon.address)
-        call = pb_grpc.DetectorStub(channel).DetectStream(iter([request] * 6))
-        time.sleep(0.2)
-        call.cancel()
-        channel.close()
-        # A batch cancelled while it runs, and a request whose deadline is too short to make.
-        channel = grpc.insecure_channel(stream_daemon.address)
-        stub = pb_grpc.DetectorStub(channel)
-        future = stub.DetectBatch.future(pb.DetectBatchRequest(images=[pb.Image(encoded=frame)] * 8))
-        time.sleep(0.05)
-        future.cancel()
-        with pytest.raises(grpc.RpcError) as err:
-            stub.Detect(request, timeout=0.001)
-        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        channel.close()
-    time.sleep(1.0)
-    # The stream slots came back: two streams (the limit) still open and answer.
-    stub = pb_grpc.DetectorStub(stream_daemon.channel())
-    answers = []
+def two_streams_answer(daemon: Daemon, request: pb.DetectRequest) -> bool:
+    """Two streams (the limit) open at once and each gets its three answers."""
+    stub = pb_grpc.DetectorStub(daemon.channel())
+    answers: list[int | str] = []
 
     def consume() -> None:
-        answers.append(len(list(stub.DetectStream(iter([request] * 3), timeout=60))))
+        try:
+            answers.append(len(list(stub.DetectStream(iter([request] * 3), timeout=60))))
+        except grpc.RpcError as exc:  # RESOURCE_EXHAUSTED while a vanished stream still holds its slot
+            answers.append(exc.code().name)
 
     threads = [threading.Thread(target=consume) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    assert answers == [3, 3]
+    return answers == [3, 3]
+
+
+def test_vanishing_and_cancelling_clients_leave_nothing_behind(stream_daemon, visdrone_image: Path) -> None:
+    frame = visdrone_image.read_bytes()
+    request = pb.DetectRequest(image=pb.Image(encoded=frame))
+    metrics = metrics_url(stream_daemon)
+    for _ in range(5):
+        # A stream whose client stops reading after its first answer, while the daemon holds the
+        # other frames, and goes away.
+        channel = grpc.insecure_channel(stream_daemon.address)
+        call = pb_grpc.DetectorStub(channel).DetectStream(iter([request] * 6))
+        assert next(call).WhichOneof("result") == "response"
+        call.cancel()
+        channel.close()
+        # The frames it left are let go (also so that the batch below is the only request held).
+        wait_until(lambda: in_flight(metrics) == 0, 30, what="the vanished stream's frames let go")
+        # A batch cancelled while the daemon handles it, and a request whose deadline is too short to make.
+        channel = grpc.insecure_channel(stream_daemon.address)
+        stub = pb_grpc.DetectorStub(channel)
+        future = stub.DetectBatch.future(pb.DetectBatchRequest(images=[pb.Image(encoded=frame)] * 8))
+        # A fast machine may finish the batch before it is seen running; then there is nothing to cancel.
+        wait_until(lambda f=future: f.done() or in_flight(metrics) >= 1, 30, interval=0.005,
+                   what="the batch at the daemon")
+        future.cancel()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Detect(request, timeout=0.001)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        channel.close()
+    wait_until(lambda: in_flight(metrics) == 0, 30, what="every cancelled request let go")
+    # The stream slots come back: two streams (the limit) open at once and answer.
+    wait_until(lambda: two_streams_answer(stream_daemon, request), 60, interval=0.2,
+               what="two streams answered")
     with Client(stream_daemon.address) as c:
         assert c.detect(frame).model == "m"
     assert stream_daemon.process.poll() is None
 
 
-def test_slow_reader_is_bounded_by_the_stream_window(stream_daemon, visdrone_image: Path) -> None:
-    """A client that reads slowly gets every answer; the daemon never runs ahead of the window."""
-    request = pb.DetectRequest(image=pb.Image(encoded=visdrone_image.read_bytes()))
-    stub = pb_grpc.DetectorStub(stream_daemon.channel())
-    got = 0
-    for answer in stub.DetectStream(iter([request] * 8), timeout=120):
-        assert answer.WhichOneof("result") == "response"
-        got += 1
-        time.sleep(0.3)
-    assert got == 8
+WINDOW = 2  # --max-stream-frames
+
+
+@pytest.fixture(scope="module")
+def window_daemon(tiny_model_dirs: dict[str, Path], tmp_path_factory):
+    # As many places in the model as a stream may hold frames: a stream that ran ahead of its
+    # window would take more places than there are, and its extra frames would be refused.
+    daemon = start_daemon(["--model", f"m={tiny_model_dirs['both']}", "--max-stream-frames", str(WINDOW),
+                           "--max-pending", str(WINDOW)], tmp_path_factory.mktemp("window") / "d.log")
+    yield daemon
+    assert daemon.stop() == 0
+
+
+def test_slow_reader_is_bounded_by_the_stream_window(window_daemon, visdrone_image: Path) -> None:
+    """A client that reads slowly gets every answer; the daemon never runs more frames of the stream
+    than the window, although the client sends all of them at once."""
+    frames = [pb.DetectRequest(image=pb.Image(encoded=visdrone_image.read_bytes()), request_id=f"frame-{i}")
+              for i in range(12)]
+    stub = pb_grpc.DetectorStub(window_daemon.channel())
+    reading = threading.Event()  # never set: waiting on it is the slow reader's pause
+    got = []
+    for answer in stub.DetectStream(iter(frames), timeout=120):
+        assert answer.WhichOneof("result") == "response", answer.error  # not refused: within max_pending
+        got.append(answer.request_id)
+        reading.wait(0.2)
+    assert got == [f.request_id for f in frames]  # every answer, in order
+    assert in_flight(metrics_url(window_daemon)) == 0

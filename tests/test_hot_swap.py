@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import cv2
@@ -15,10 +14,12 @@ import grpc
 import pytest
 from sodd_client import Client
 
+from sodd.tools.daemon_process import rss_bytes
 from sodd.training.export.paddlex_dir import ExportSpec, export_paddlex_dir
 from sodd.v1 import detector_pb2 as pb
 from sodd.v1 import detector_pb2_grpc as pb_grpc
 from tests.conftest import REPO, start_daemon
+from tests.service_helpers import wait_until
 
 SETTLE = 0.3
 CLIENTS = 8
@@ -72,15 +73,8 @@ def place_version(model_root: Path, version: int, source: Path, damage: str = ""
 
 
 def wait_for(predicate, timeout: float) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        try:
-            if predicate():
-                return time.monotonic() - start
-        except grpc.RpcError:  # e.g. NOT_FOUND for a version the daemon has not seen yet
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"condition not met within {timeout} s")
+    # NOT_FOUND for a version the daemon has not seen yet is "not yet".
+    return wait_until(predicate, timeout, retry_on=(grpc.RpcError,))
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +140,8 @@ def test_swaps_under_load_lose_no_request(variants, image_bytes: bytes, tmp_path
                 content[version] = name
                 follow_times.append(wait_for(lambda v=version: admin.get_model("det").version == v,
                                              FOLLOW_BOUND_SECONDS))
-                time.sleep(0.2)
+                # The load is answered by each version before the next swap replaces it.
+                wait_for(lambda v=version: any(r[1] == v for r in results[-4 * CLIENTS:]), 30)
             assert not broken
     finally:
         stop.set()
@@ -163,13 +158,6 @@ def test_swaps_under_load_lose_no_request(variants, image_bytes: bytes, tmp_path
           f"median {sorted(follow_times)[len(follow_times) // 2]:.2f} s")
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 def test_memory_is_flat_across_load_unload_cycles(variants, image_bytes: bytes, tmp_path: Path) -> None:
     daemon = start_daemon(["--model", f"keep={variants['b']}", "--model", f"cycled={variants['a']}"],
                           tmp_path / "rss.log")
@@ -180,8 +168,7 @@ def test_memory_is_flat_across_load_unload_cycles(variants, image_bytes: bytes, 
                 c.unload_model("cycled", timeout=60)
                 c.load_model("cycled", timeout=60)
                 assert c.detect(image_bytes, "cycled").model == "cycled"
-                time.sleep(0.05)
-                rss.append(rss_kib(daemon.process.pid))
+                rss.append(rss_bytes(daemon.process.pid) // 1024)
     finally:
         daemon.stop()
     print(f"\nRSS after cycle 1: {rss[0]} KiB, after cycle 50: {rss[-1]} KiB ({rss[-1] / rss[0] - 1:+.1%})")

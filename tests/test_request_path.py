@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from sodd.tools.daemon_process import resident_memory
 from sodd.v1 import detector_pb2 as pb
 from sodd.v1 import detector_pb2_grpc as pb_grpc
 from tests.conftest import Daemon, start_daemon
@@ -29,12 +30,8 @@ MB = 1024 * 1024
 
 def memory(daemon: Daemon) -> dict[str, int]:
     """VmRSS and VmHWM (the peak resident set) of the daemon, in bytes."""
-    fields = {}
-    for line in Path(f"/proc/{daemon.process.pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) * 1024
-    return fields
+    held = resident_memory(daemon.process.pid)
+    return {"VmRSS": held.rss, "VmHWM": held.peak}
 
 
 def settled_rss(daemon: Daemon, below: int, timeout: float = 10.0) -> int:

@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sodd_client import Client
 
 from tests.conftest import start_daemon
-from tests.service_helpers import jpeg_bytes
+from tests.service_helpers import jpeg_bytes, wait_until
 
 CLIENTS = 8
 # A request sent this long before the signal has surely reached the daemon, even on a busy machine.
@@ -60,11 +60,9 @@ def test_sigterm_under_load_answers_every_accepted_request(tiny_model_dirs: dict
         for t in threads:
             t.start()
         load_started = time.monotonic()
-        deadline = load_started + 60
         # Enough answered requests, and load for long enough that some were sent well before the signal.
-        while (len(records) < 5 * CLIENTS or time.monotonic() - load_started < 3 * IN_TRANSIT_MARGIN) \
-                and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: len(records) >= 5 * CLIENTS and time.monotonic() - load_started >= 3 * IN_TRANSIT_MARGIN,
+                   60, interval=0.02, what=f"{5 * CLIENTS} answered requests")
         signalled = time.monotonic()
         daemon.process.send_signal(signal.SIGTERM)
         for t in threads:

@@ -4,12 +4,12 @@ their requests, changed ones reload beside the serving version."""
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 from sodd_client import Client
 
 from tests.conftest import start_daemon
+from tests.service_helpers import wait_until
 
 
 def write_config(path: Path, models: dict[str, tuple[Path, float]]) -> None:
@@ -18,12 +18,7 @@ def write_config(path: Path, models: dict[str, tuple[Path, float]]) -> None:
 
 
 def wait_for(predicate, timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise TimeoutError("condition not met")
+    wait_until(predicate, timeout, interval=0.1)
 
 
 def test_sighup_follows_the_models_in_the_file(tiny_model_dirs: dict[str, Path], visdrone_image: Path,

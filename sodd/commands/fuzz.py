@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from sodd.tools.daemon_process import rss_bytes
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("fuzz", help="fuzz the request path (coverage-guided, atheris)")
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     logging.disable(logging.WARNING)  # each refused input would log a line; the summary counts them
     path = RequestPath()
     codes: collections.Counter[str] = collections.Counter()
-    rss_start = _rss_kib()
+    rss_start = rss_bytes() // 1024
     started = time.monotonic()
 
     def one(data: bytes) -> None:
@@ -104,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     def summary() -> None:
         total = sum(codes.values())
         print(f"sodd fuzz: {total} inputs in {time.monotonic() - started:.0f} s; statuses: {dict(codes)}; "
-              f"RSS {rss_start} -> {_rss_kib()} KiB", flush=True)
+              f"RSS {rss_start} -> {rss_bytes() // 1024} KiB", flush=True)
 
     libfuzzer_args = [sys.argv[0], f"-runs={args.runs}", f"-seed={args.seed}", f"-timeout={args.timeout}",
                       "-rss_limit_mb=6144", "-print_final_stats=1"]
@@ -115,9 +117,3 @@ def run(args: argparse.Namespace) -> int:
     atheris.Fuzz()  # exits the process when the runs are done
     return 0
 
-
-def _rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0

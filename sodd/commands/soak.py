@@ -13,10 +13,8 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +24,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 from sodd_client import AsyncClient
+
+from sodd.tools.daemon_process import ServeProcess, rss_bytes, start_serve
 
 ANSWER_TIMEOUT = 60.0  # a request still unanswered after this long counts as lost
 
@@ -66,27 +66,11 @@ class Window:
         return out
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def start_daemon(repository: Path, threads: int | None, log_path: Path) -> tuple[subprocess.Popen, str]:
+def start_daemon(repository: Path, threads: int | None, log_path: Path) -> ServeProcess:
+    args = ["--model-repository", str(repository), "--listen", "127.0.0.1:0", "--metrics-listen", "",
+            "--settle-seconds", "1", "--max-pending", "32", *(["--threads", str(threads)] if threads else [])]
     # faulthandler: a crash in native code leaves the Python stacks in the log.
-    cmd = [sys.executable, "-X", "faulthandler", "-m", "sodd.cli", "serve", "--model-repository", str(repository),
-           "--listen", "127.0.0.1:0", "--metrics-listen", "", "--settle-seconds", "1", "--max-pending", "32"]
-    if threads:
-        cmd += ["--threads", str(threads)]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
-    assert process.stdout is not None
-    for line in process.stdout:
-        match = re.search(r"listening on (\S+)", line)
-        if match:
-            return process, match.group(1)
-    raise RuntimeError(f"the daemon did not start:\n{log_path.read_text()[-3000:]}")
+    return start_serve(args, log_path, timeout=300.0, python_options=["-X", "faulthandler"])
 
 
 async def measure_capacity(client: AsyncClient, image: bytes, seconds: float = 10.0, clients: int = 4) -> float:
@@ -154,7 +138,10 @@ async def soak(args: argparse.Namespace, address: str, pid: int, model_root: Pat
 
     async def sample_rss() -> None:
         while time.monotonic() - started < duration:
-            window().rss_samples_kib.append(rss_kib(pid))
+            try:
+                window().rss_samples_kib.append(rss_bytes(pid) // 1024)
+            except ProcessLookupError:
+                return  # the daemon died; run() reports it with the end of its log
             await asyncio.sleep(min(2.0, args.window_seconds / 4))
 
     sampler = asyncio.create_task(sample_rss())
@@ -223,13 +210,12 @@ def run(args: argparse.Namespace) -> int:
         model_root.mkdir(parents=True)
         shutil.copytree(args.model, model_root / "1")
         log_path = args.daemon_log or Path(tmp) / "daemon.log"
-        process, address = start_daemon(repository, args.threads, log_path)
+        daemon = start_daemon(repository, args.threads, log_path)
         try:
-            report = asyncio.run(soak(args, address, process.pid, model_root, image))
-            died = process.poll()
+            report = asyncio.run(soak(args, daemon.address, daemon.process.pid, model_root, image))
+            died = daemon.process.poll()
         finally:
-            process.terminate()
-            process.wait(60)
+            daemon.stop(60)
         if died is not None:
             # The run failed; what the daemon said last is the first thing to read.
             print(f"the daemon exited with {died} during the soak; the end of its log:\n"

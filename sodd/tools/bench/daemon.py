@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from sodd.tools.daemon_process import start_serve
 
 MODEL_NAME = "bench"
 
@@ -36,26 +35,8 @@ class ChildServer:
 class BenchDaemon(ChildServer):
     def __init__(self, model_dir: Path, log_path: Path, serve_args: Sequence[str] = (),
                  timeout: float = 300.0) -> None:
-        cmd = [sys.executable, "-m", "sodd.cli", "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "",
-               "--model", f"{MODEL_NAME}={model_dir}", *serve_args]
         self.log_path = log_path
-        with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
-            self._process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
-        self.address = self._wait_listening(timeout)
-
-    def _wait_listening(self, timeout: float) -> str:
-        assert self._process.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self._process.stdout.readline()
-            if not line:
-                if self._process.poll() is not None:
-                    raise RuntimeError(f"sodd serve exited with {self._process.returncode}: "
-                                       f"{self.log_path.read_text(errors='replace')[-2000:]}")
-                time.sleep(0.05)
-                continue
-            match = re.search(r"listening on (\S+)", line)
-            if match:
-                return match.group(1)
-        self.stop()
-        raise TimeoutError(f"sodd serve did not listen within {timeout:g} s; its log is {self.log_path}")
+        serve = start_serve(["--listen", "127.0.0.1:0", "--metrics-listen", "", "--model", f"{MODEL_NAME}={model_dir}",
+                             *serve_args], log_path, timeout)
+        self._process = serve.process
+        self.address = serve.address
