@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
 from sodd.tools.daemon_process import ServeProcess, serve_command, start_serve
@@ -123,6 +124,22 @@ def run_paddlex(jobs: list[dict], workdir: Path) -> list[list[dict]]:
     return json.loads(out_file.read_text())
 
 
+def paddle_boxes(program: Path, params: Path, image: np.ndarray) -> np.ndarray:
+    """The first output (the NMS rows) of Paddle Inference running an exported detector's `program` with
+    `params` on the CPU, for an NCHW float32 `image` batch at scale 1."""
+    from paddle import inference
+
+    config = inference.Config(str(program), str(params))
+    config.disable_gpu()
+    config.disable_glog_info()
+    predictor = inference.create_predictor(config)
+    names = predictor.get_input_names()
+    predictor.get_input_handle(names[0]).copy_from_cpu(image)
+    predictor.get_input_handle(names[1]).copy_from_cpu(np.ones((len(image), 2), np.float32))
+    predictor.run()
+    return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+
+
 def serve_exit(args: list[str], env: dict[str, str] | None = None, timeout: float = 120.0) -> tuple[int, str]:
     """Run `sodd serve` that is expected to refuse to start; return its exit status and stderr."""
     cmd = serve_command(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--threads", "2", *args])
@@ -137,7 +154,6 @@ def sod_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Fresh heads predict nothing, so the prediction layers are perturbed to give many boxes.
     """
-    import numpy as np
     import paddle
 
     from sodd.training.ppyoloe.export import export_model

@@ -19,6 +19,7 @@ import pytest
 from sodd.model.program import TRACE_ATTRS, source_paths, strip_program
 from sodd.training.ppyoloe.export import export_model
 from sodd.training.ppyoloe.model import build_model
+from tests.conftest import paddle_boxes
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO / "sodd" / "default_model"
@@ -70,7 +71,6 @@ def test_the_shipped_default_model_carries_no_build_paths() -> None:
 
 def test_stripping_call_stacks_changes_nothing_the_program_computes(tmp_path: Path) -> None:
     """The default model's program given call stacks like paddle.jit.save writes, then stripped."""
-    from paddle import inference
     from paddle.base.proto import framework_pb2
 
     clean = (DEFAULT_MODEL / "inference.pdmodel").read_bytes()
@@ -89,15 +89,7 @@ def test_stripping_call_stacks_changes_nothing_the_program_computes(tmp_path: Pa
     outputs = []
     for name, data in (("traced", traced), ("stripped", stripped)):
         (tmp_path / f"{name}.pdmodel").write_bytes(data)
-        config = inference.Config(str(tmp_path / f"{name}.pdmodel"), str(DEFAULT_MODEL / "inference.pdiparams"))
-        config.disable_gpu()
-        config.disable_glog_info()
-        predictor = inference.create_predictor(config)
-        names = predictor.get_input_names()
-        predictor.get_input_handle(names[0]).copy_from_cpu(image)
-        predictor.get_input_handle(names[1]).copy_from_cpu(np.ones((1, 2), np.float32))
-        predictor.run()
-        outputs.append(predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu())
+        outputs.append(paddle_boxes(tmp_path / f"{name}.pdmodel", DEFAULT_MODEL / "inference.pdiparams", image))
     np.testing.assert_array_equal(outputs[0], outputs[1])
 
 

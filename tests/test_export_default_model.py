@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from sodd.datasets.synth.generator import SynthConfig, render_image
+from tests.conftest import paddle_boxes
 
 MODEL_DIR = Path(__file__).resolve().parent.parent / "sodd" / "default_model"
 
@@ -26,16 +27,7 @@ def _scene(seed: int):
 
 
 def _paddle_inference(model_dir, program, image):
-    from paddle import inference
-
-    cfg = inference.Config(str(model_dir / program), str(model_dir / "inference.pdiparams"))
-    cfg.disable_gpu()
-    predictor = inference.create_predictor(cfg)
-    names = predictor.get_input_names()
-    predictor.get_input_handle(names[0]).copy_from_cpu(image)
-    predictor.get_input_handle(names[1]).copy_from_cpu(np.ones((1, 2), np.float32))
-    predictor.run()
-    return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+    return paddle_boxes(model_dir / program, model_dir / "inference.pdiparams", image)
 
 
 def _iou(a, b):

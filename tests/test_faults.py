@@ -9,6 +9,7 @@ import shutil
 import socket
 import threading
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -28,33 +29,32 @@ def own_model(tiny_model_dirs: dict[str, Path], tmp_path: Path) -> Path:
     return model
 
 
-def test_deleted_model_directory_keeps_serving_from_memory(own_model: Path, visdrone_image: Path,
-                                                           tmp_path: Path) -> None:
-    daemon = start_daemon(["--model", f"m={own_model}", "--settle-seconds", "0.2"], tmp_path / "d.log")
-    try:
-        with Client(daemon.address) as c:
-            before = c.detect(visdrone_image.read_bytes(), threshold=0.3)
-            shutil.rmtree(own_model)
-            daemon.wait_for_log("keeps serving", timeout=30)  # the watcher has seen it
-            after = c.detect(visdrone_image.read_bytes(), threshold=0.3)
-            assert after.boxes == before.boxes and after.version == 1
-    finally:
-        daemon.stop()
+@pytest.fixture()
+def own_daemon(own_model: Path, tmp_path: Path) -> Iterator[Daemon]:
+    """A daemon serving `own_model` as `m`, quick to notice its files change."""
+    with start_daemon(["--model", f"m={own_model}", "--settle-seconds", "0.2"], tmp_path / "d.log") as daemon:
+        yield daemon
 
 
-def test_corrupted_files_keep_the_loaded_version_serving(own_model: Path, visdrone_image: Path,
-                                                         tmp_path: Path) -> None:
-    daemon = start_daemon(["--model", f"m={own_model}", "--settle-seconds", "0.2"], tmp_path / "d.log")
-    try:
-        with Client(daemon.address) as c:
-            before = c.detect(visdrone_image.read_bytes(), threshold=0.3)
-            params = own_model / "inference.pdiparams"
-            params.write_bytes(params.read_bytes()[:100])
-            wait_until(lambda: "changed files failed" in c.get_model("m").state_reason, 30)
-            assert c.get_model("m").state == pb.MODEL_STATE_READY
-            assert c.detect(visdrone_image.read_bytes(), threshold=0.3).boxes == before.boxes
-    finally:
-        daemon.stop()
+def test_deleted_model_directory_keeps_serving_from_memory(own_model: Path, own_daemon: Daemon,
+                                                           visdrone_image: Path) -> None:
+    with Client(own_daemon.address) as c:
+        before = c.detect(visdrone_image.read_bytes(), threshold=0.3)
+        shutil.rmtree(own_model)
+        own_daemon.wait_for_log("keeps serving", timeout=30)  # the watcher has seen it
+        after = c.detect(visdrone_image.read_bytes(), threshold=0.3)
+        assert after.boxes == before.boxes and after.version == 1
+
+
+def test_corrupted_files_keep_the_loaded_version_serving(own_model: Path, own_daemon: Daemon,
+                                                         visdrone_image: Path) -> None:
+    with Client(own_daemon.address) as c:
+        before = c.detect(visdrone_image.read_bytes(), threshold=0.3)
+        params = own_model / "inference.pdiparams"
+        params.write_bytes(params.read_bytes()[:100])
+        wait_until(lambda: "changed files failed" in c.get_model("m").state_reason, 30)
+        assert c.get_model("m").state == pb.MODEL_STATE_READY
+        assert c.detect(visdrone_image.read_bytes(), threshold=0.3).boxes == before.boxes
 
 
 def test_unusable_lite_cache_converts_without_caching(tiny_model_dirs: dict[str, Path], visdrone_image: Path,

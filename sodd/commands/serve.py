@@ -27,16 +27,6 @@ from sodd.serving.budgets import raise_open_files_limit
 from sodd.serving.listeners import ListenerError
 
 
-def _pairs(values: list[str], flag: str) -> dict[str, str]:
-    out = {}
-    for value in values:
-        name, sep, rest = value.partition("=")
-        if not sep or not name or not rest:
-            raise SystemExit(f"sodd serve: {flag} expects NAME=VALUE, got {value!r}")
-        out[name] = rest
-    return out
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("serve", help="serve models over gRPC",
                               epilog="Every setting, with its configuration file key: docs/configuration.md.")

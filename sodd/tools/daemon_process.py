@@ -1,5 +1,5 @@
-"""A `sodd serve` child process, as benchmarks, the soak run and the tests start one, and the memory
-a process holds.
+"""A `sodd serve` child process, as benchmarks, the soak run and the tests start one, how such a child
+is stopped, and the memory a process holds.
 
 The daemon prints `sodd: listening on ADDRESS ...` on its stdout once it accepts requests (after
 its models loaded); its log goes to stderr. `start_serve` starts it with stderr in a log file,
@@ -37,14 +37,7 @@ class ServeProcess:
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM (the daemon drains), then SIGKILL if it has not exited within `timeout`; the exit status."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, timeout)
 
     def __enter__(self) -> ServeProcess:
         return self
@@ -94,14 +87,26 @@ def start_serve(args: Sequence[str], log_path: Path, timeout: float = 120.0, *, 
         raise TimeoutError(f"sodd serve did not listen within {timeout:g} s; the end of its log "
                            f"{log_path}:\n{_tail(log_path)}") from None
     if address is None:
-        try:
-            code = process.wait(30)  # stdout closes as it exits
-        except subprocess.TimeoutExpired:
-            process.kill()
-            code = process.wait()
+        code = wait_or_kill(process, 30)  # stdout closes as it exits
         raise RuntimeError(f"sodd serve exited with {code} before listening; the end of its log "
                            f"{log_path}:\n{_tail(log_path)}")
     return ServeProcess(process, address, log_path)
+
+
+def wait_or_kill(process: subprocess.Popen, timeout: float) -> int:
+    """Wait up to `timeout` seconds for `process` to exit, then SIGKILL it; its exit status."""
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 30.0) -> int:
+    """SIGTERM (a daemon drains), then SIGKILL if it has not exited within `timeout`; its exit status."""
+    if process.poll() is None:
+        process.terminate()
+    return wait_or_kill(process, timeout)
 
 
 def _tail(path: Path) -> str:

@@ -6,7 +6,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from sodd.tools.daemon_process import start_serve
+from sodd.tools.daemon_process import start_serve, stop_process
 
 MODEL_NAME = "bench"
 
@@ -17,13 +17,7 @@ class ChildServer:
     _process: subprocess.Popen
 
     def stop(self) -> None:
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(30)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        stop_process(self._process)
 
     def __enter__(self) -> ChildServer:
         return self

@@ -24,6 +24,7 @@ from sodd.model.modeldir import ModelDir
 from sodd.tools.bench.daemon import ChildServer
 from sodd.tools.bench.images import ImageSet
 from sodd.tools.bench.stats import Measurement
+from sodd.tools.daemon_process import wait_or_kill
 
 WORKER = Path(__file__).with_name("paddlex_worker.py")
 RESULT_MARK = "SODD-BENCH-RESULT "  # paddlex_worker.py's (it cannot import sodd)
@@ -100,12 +101,8 @@ class PredictRounds:
 
     def close(self) -> None:
         if self._process.stdin is not None:
-            self._process.stdin.close()
-        try:
-            self._process.wait(30)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+            self._process.stdin.close()  # the worker ends at the end of its input
+        wait_or_kill(self._process, 30)
         self._log.close()
 
     def __enter__(self) -> PredictRounds:
