@@ -6,7 +6,7 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,48 +16,100 @@ import numpy as np
 import pytest
 from sodd_client import Client
 
+from sodd.config.schema import ModelConfig, ServeConfig
 from sodd.errors import DeadlineExceeded, ResourceExhausted
+from sodd.model.modeldir import ModelDir
 from sodd.model.preprocess import Prepared
+from sodd.plugins.devices import parse_devices
+from sodd.plugins.protocol import DeviceInfo
+from sodd.runtime.detection import DetectOptions, Detector, ImageInput, Limits
 from sodd.runtime.engine import ModelRunner
+from sodd.runtime.events import ModelEvent, ModelState
+from sodd.runtime.manager import ModelManager
+from sodd.runtime.registry import ModelRegistry
+from sodd.runtime.worker_threads import WorkerThreads
+from sodd.serving.service import DetectorService
+from sodd.tools.fuzzing import FakeContext, write_model_dir
 from sodd.v1 import detector_pb2 as pb
 from sodd.v1 import detector_pb2_grpc as pb_grpc
 from tests.conftest import start_daemon
 
+WAIT = 10.0  # seconds any event of these tests may take on a loaded machine before the test fails
 
-class SlowPredictor:
-    """Returns one box per image (score = the image's first pixel) after `delay` seconds."""
+
+class GatedPredictor:
+    """One box per image (score = the image's first pixel). Each run waits until `release` is set,
+    so a test decides when the predictor is busy; `entered` says a run has started."""
 
     input_names = ("image", "scale_factor")
     notes = ""
 
-    def __init__(self, delay: float = 0.05) -> None:
-        self.delay = delay
+    def __init__(self, name: str = "p", on_run=None) -> None:  # noqa: ANN001 - a callback
+        self.name = name
+        self.on_run = on_run
         self.batches: list[int] = []
+        self.seen: list[float] = []
         self.release = threading.Event()
         self.release.set()
+        self.entered = threading.Event()
+        self.closed = False
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        self.release.wait()
-        time.sleep(self.delay)
+        self.entered.set()
+        assert self.release.wait(WAIT), "the test never released the predictor"
         images = inputs["image"]
+        if self.on_run is not None:
+            self.on_run(self.name)
         self.batches.append(len(images))
+        self.seen += [float(img[0, 0, 0]) for img in images]
         rows = np.array([[0, float(img[0, 0, 0]), 0, 0, 1, 1] for img in images], np.float32)
         return [rows, np.ones(len(images), np.int32)]
 
+    def clone(self) -> GatedPredictor:
+        raise NotImplementedError
+
     def close(self) -> None:
-        pass
+        self.closed = True
+
+
+class GatedPlugin:
+    """Device type `gated`: every load returns the next of `predictors`."""
+
+    name = "gated"
+    device_types = ("gated",)
+
+    def __init__(self, *predictors: GatedPredictor) -> None:
+        self.predictors = list(predictors)
+        self.closed = False
+
+    def probe(self) -> list[DeviceInfo]:
+        return [DeviceInfo("gated", True)]
+
+    def load(self, model: ModelDir, device: str, options: Mapping[str, str]) -> GatedPredictor:
+        return self.predictors.pop(0)
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def item(value: float) -> Prepared:
     return Prepared(np.full((3, 4, 4), value, np.float32), (1.0, 1.0), (4, 4), (4, 4))
 
 
-def test_concurrent_images_are_batched_and_each_gets_its_own_rows() -> None:
-    predictor = SlowPredictor()
-    runner = ModelRunner(predictor, max_pending=64, name="t", max_batch_size=4, max_queue_delay=0.02)
+@pytest.fixture
+def workers() -> Iterator[WorkerThreads]:
+    threads = WorkerThreads("test-infer")
+    yield threads
+    threads.close(WAIT)
+
+
+def test_concurrent_images_are_batched_and_each_gets_its_own_rows(workers: WorkerThreads) -> None:
+    predictor = GatedPredictor()
+    runner = ModelRunner([predictor], max_pending=64, name="t", workers=workers, max_batch_size=4,
+                         max_queue_delay=0.02)
     try:
         futures = runner.submit([item(v / 100) for v in range(10)])
-        results = [f.result(10) for f in futures]
+        results = [f.result(WAIT) for f in futures]
     finally:
         runner.close()
     assert [round(float(r.rows[0, 1]), 2) for r in results] == [v / 100 for v in range(10)]
@@ -65,115 +117,188 @@ def test_concurrent_images_are_batched_and_each_gets_its_own_rows() -> None:
     assert all(r.batch_size in (1, 2, 3, 4) for r in results)
 
 
-def test_full_queue_refuses_at_once_and_every_accepted_image_is_answered() -> None:
-    predictor = SlowPredictor()
+def test_full_queue_refuses_at_once_and_every_accepted_image_is_answered(workers: WorkerThreads) -> None:
+    predictor = GatedPredictor()
     predictor.release.clear()  # hold the worker so the queue fills
-    runner = ModelRunner(predictor, max_pending=3, name="t", max_batch_size=1)
+    runner = ModelRunner([predictor], max_pending=3, name="t", workers=workers, max_batch_size=1)
     try:
-        accepted = runner.submit([item(0.1)])  # taken by the worker
-        time.sleep(0.05)
+        accepted = runner.submit([item(0.1)])
+        assert predictor.entered.wait(WAIT)  # the worker holds the first image: three places are free
         accepted += runner.submit([item(0.2), item(0.3), item(0.4)])
-        started = time.perf_counter()
         with pytest.raises(ResourceExhausted):
             runner.submit([item(0.5)])
-        assert time.perf_counter() - started < 0.05
         predictor.release.set()
-        assert len([f.result(10) for f in accepted]) == 4
+        assert len([f.result(WAIT) for f in accepted]) == 4
     finally:
         runner.close()
 
 
-def test_expired_and_cancelled_images_never_reach_the_predictor() -> None:
-    predictor = SlowPredictor(delay=0.2)
-    runner = ModelRunner(predictor, max_pending=64, name="t", max_batch_size=1)
+def test_expired_and_cancelled_images_never_reach_the_predictor(workers: WorkerThreads) -> None:
+    predictor = GatedPredictor()
+    predictor.release.clear()
+    runner = ModelRunner([predictor], max_pending=64, name="t", workers=workers, max_batch_size=1)
     try:
         first = runner.submit([item(0.1)])[0]
-        time.sleep(0.02)  # the worker is busy with the first image now
-        expired = runner.submit([item(0.2)], deadline=time.monotonic() + 0.05)[0]
+        assert predictor.entered.wait(WAIT)  # the worker is busy with the first image now
+        # Its deadline passes while it waits behind the first image.
+        expired = runner.submit([item(0.2)], deadline=time.monotonic())[0]
         cancelled = runner.submit([item(0.3)])[0]
         assert cancelled.cancel()
         last = runner.submit([item(0.4)])[0]
-        first.result(10)
-        last.result(10)
+        predictor.release.set()
+        first.result(WAIT)
+        last.result(WAIT)
         with pytest.raises(DeadlineExceeded):
-            expired.result(10)
+            expired.result(WAIT)
         assert predictor.batches == [1, 1]
     finally:
         runner.close()
 
 
-def test_asyncio_cancellation_withdraws_queued_images() -> None:
-    predictor = SlowPredictor(delay=0.3)
-    runner = ModelRunner(predictor, max_pending=64, name="t", max_batch_size=1)
+@pytest.fixture
+def gated_model(tmp_path: Path) -> Path:
+    return write_model_dir(tmp_path / "m")
+
+
+class SignallingExecutor(ThreadPoolExecutor):
+    """Releases `finished` after each task: the detection core's worker has handed a request to the engine."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+        self.finished = threading.Semaphore(0)
+
+    def submit(self, fn, /, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201 - Executor's signature
+        def task():  # noqa: ANN202
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.finished.release()
+
+        return super().submit(task)
+
+
+def test_a_cancelled_request_withdraws_its_queued_images(gated_model: Path) -> None:
+    """Through the detection core, as the servicer calls it: a client that goes away while its image
+    waits behind another request's frees the predictor from running it."""
+    predictor = GatedPredictor()
+    registry = ModelRegistry({"gated": GatedPlugin(predictor)}, max_pending=64)
+    registry.load(ModelConfig("m", gated_model, devices=parse_devices("gated"), max_batch_size=1))
+    predictor.seen.clear()
+    predictor.entered.clear()
+    predictor.release.clear()
+    prep = SignallingExecutor()
+    detector = Detector(registry, Limits(), prep)
+
+    def image(value: int) -> list[ImageInput]:
+        return [ImageInput(np.full((64, 64, 3), value, np.uint8))]
 
     async def scenario() -> None:
-        busy = asyncio.ensure_future(runner.run_images([item(0.1)]))
-        await asyncio.sleep(0.05)
-        gone = asyncio.ensure_future(runner.run_images([item(0.2)]))
-        await asyncio.sleep(0.01)
+        loop = asyncio.get_running_loop()
+        busy = asyncio.ensure_future(detector.detect("m", 0, image(10), DetectOptions(), "busy"))
+        assert await loop.run_in_executor(None, predictor.entered.wait, WAIT)
+        gone = asyncio.ensure_future(detector.detect("m", 0, image(20), DetectOptions(), "gone"))
+        for _ in range(2):  # both requests are in the engine: one running, one queued behind it
+            assert await loop.run_in_executor(None, prep.finished.acquire, True, WAIT)
         gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        predictor.release.set()
         await busy
-        await asyncio.sleep(0.4)
+        # FIFO with batches of one: had "gone" stayed queued, it would run before this one.
+        await detector.detect("m", 0, image(30), DetectOptions(), "after")
 
     try:
         asyncio.run(scenario())
     finally:
-        runner.close()
-    assert predictor.batches == [1]
+        prep.shutdown()
+        registry.close()
+    assert predictor.seen == [10.0, 30.0]
 
 
-def test_images_of_different_requests_share_a_batch_only_when_combining() -> None:
+def test_images_of_different_requests_share_a_batch_only_when_combining(workers: WorkerThreads) -> None:
     for combine, expected in ((False, [1, 1, 1, 1, 2]), (True, [1, 5])):
-        predictor = SlowPredictor()
+        predictor = GatedPredictor()
         predictor.release.clear()  # hold the worker so the queue fills
-        runner = ModelRunner(predictor, max_pending=64, name="t", max_batch_size=8, combine_requests=combine)
+        runner = ModelRunner([predictor], max_pending=64, name="t", workers=workers, max_batch_size=8,
+                             combine_requests=combine)
         try:
             futures = runner.submit([item(0.1)])
-            time.sleep(0.05)
+            assert predictor.entered.wait(WAIT)
             for value in (0.2, 0.3, 0.4):
                 futures += runner.submit([item(value)])
             futures += runner.submit([item(0.5), item(0.6)])  # one DetectBatch: one run either way
             predictor.release.set()
-            assert len([f.result(10) for f in futures]) == 6
+            assert len([f.result(WAIT) for f in futures]) == 6
         finally:
             runner.close()
         assert predictor.batches == expected, combine
 
 
-class TimedPredictor(SlowPredictor):
-    """Records when each run started and ended, in a log shared by all instances."""
+class Overlaps:
+    """Which predictors run at the same time. The first narrow run waits (up to WAIT) for another
+    narrow one to join it, so that under load the test sees them side by side if the engine allows it."""
 
-    def __init__(self, name: str, log: list[tuple[str, float, float]]) -> None:
-        super().__init__(delay=0.05)
-        self.name, self.log = name, log
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._running: list[str] = []
+        self.order: list[str] = []
+        self.together: list[tuple[str, ...]] = []
+        self.waiting = False
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        started = time.perf_counter()
-        outputs = super().run(inputs)
-        self.log.append((self.name, started, time.perf_counter()))
-        return outputs
+    def __call__(self, name: str) -> None:
+        with self._cond:
+            self.order.append(name)
+            self._running.append(name)
+            if len(self._running) > 1:
+                self.together.append(tuple(sorted(self._running)))
+            self._cond.notify_all()
+            if self.waiting and name != "wide" and not self.together:
+                self._cond.wait_for(lambda: bool(self.together), WAIT)
+            self._running.remove(name)
 
 
-def test_a_lone_request_gets_the_wide_predictor_and_load_the_narrow_ones_never_both() -> None:
-    log: list[tuple[str, float, float]] = []
-    narrow = [TimedPredictor(f"narrow{i}", log) for i in range(2)]
-    runner = ModelRunner(narrow, max_pending=64, name="t", max_batch_size=1, combine_requests=False,
-                         wide=TimedPredictor("wide", log))
+def test_a_lone_request_gets_the_wide_predictor_and_load_the_narrow_ones_never_both(workers: WorkerThreads) -> None:
+    overlaps = Overlaps()
+    narrow = [GatedPredictor(f"narrow{i}", overlaps) for i in range(2)]
+    runner = ModelRunner(narrow, max_pending=64, name="t", workers=workers, max_batch_size=1, combine_requests=False,
+                         wide=GatedPredictor("wide", overlaps))
     try:
         for value in (0.1, 0.2):  # one client at a time: every image runs on all cores
-            runner.submit([item(value)])[0].result(10)
-        assert [name for name, _, _ in log] == ["wide", "wide"]
+            runner.submit([item(value)])[0].result(WAIT)
+        assert overlaps.order == ["wide", "wide"]
+        overlaps.waiting = True
         with ThreadPoolExecutor(8) as pool:  # eight clients: the narrow instances run side by side
-            list(pool.map(lambda v: runner.submit([item(v)])[0].result(10), [i / 100 for i in range(24)]))
+            list(pool.map(lambda v: runner.submit([item(v)])[0].result(WAIT), [i / 100 for i in range(24)]))
     finally:
         runner.close()
-    loaded = log[2:]
-    assert len(loaded) == 24
-    assert {name for name, _, _ in loaded} >= {"narrow0", "narrow1"}
-    overlapping = [(a, b) for a in loaded for b in loaded
-                   if a is not b and a[1] < b[2] and b[1] < a[2]]
-    assert overlapping, "the narrow instances never ran at the same time"
-    assert not [(a, b) for a, b in overlapping if "wide" in (a[0], b[0])], "the wide predictor shared the cores"
+    assert len(overlaps.order) == 26
+    assert ("narrow0", "narrow1") in overlaps.together, "the narrow instances never ran at the same time"
+    assert not [t for t in overlaps.together if "wide" in t], "the wide predictor shared the cores"
+
+
+def test_a_retired_version_closes_after_its_last_request_and_plugins_close_at_shutdown(gated_model: Path) -> None:
+    old, new = GatedPredictor("old"), GatedPredictor("new")
+    plugin = GatedPlugin(old, new)
+    registry = ModelRegistry({"gated": plugin}, max_pending=8)
+    config = ModelConfig("m", gated_model, devices=parse_devices("gated"))
+    unloaded = threading.Event()
+
+    def on_event(event: ModelEvent) -> None:
+        if event.state is ModelState.UNLOADED and event.version == 1:
+            unloaded.set()
+
+    registry.add_listener(on_event)
+    registry.load(config)
+    with registry.lease("m") as served:
+        registry.publish(registry.load_version(config, 2, gated_model))
+        registry.unpublish("m", 1)
+        assert not old.closed  # a request still runs on version 1
+        assert served.version == 1
+    assert unloaded.wait(WAIT)
+    assert old.closed and not new.closed and not plugin.closed
+    registry.close()
+    assert new.closed and plugin.closed
+    registry.close()  # a second close does nothing
 
 
 @pytest.fixture(scope="module")
@@ -226,41 +351,53 @@ def test_detect_stream_answers_in_order_and_survives_a_bad_frame(busy_daemon, fr
     assert len(good) == 11 and all(r.boxes == good[0].boxes for r in good)
 
 
-def test_detect_stream_holds_at_most_the_configured_frames(tiny_model_dirs, frame: bytes) -> None:
+def test_detect_stream_holds_at_most_the_configured_frames(gated_model: Path) -> None:
     """The servicer reads a frame only when fewer than max_stream_frames are in the daemon."""
-    from sodd.config.schema import ModelConfig, ServeConfig
-    from sodd.serving.service import DetectorService
-
-    config = ServeConfig(models=(ModelConfig("m", tiny_model_dirs["both"]),), max_stream_frames=2)
-    service = DetectorService.__new__(DetectorService)
-    service._config = config
-    service._open_streams = 0
+    predictor = GatedPredictor()
+    config = ServeConfig(models=(ModelConfig("m", gated_model, devices=parse_devices("gated")),),
+                         max_stream_frames=2, metrics_listen="")
+    registry = ModelRegistry({"gated": GatedPlugin(predictor)}, max_pending=64)
+    manager = ModelManager(registry, config)
     in_daemon = {"now": 0, "max": 0}
-
-    async def fake_frame(request: pb.DetectRequest, deadline: float | None) -> pb.DetectStreamResponse:
-        await asyncio.sleep(0.02)
-        return pb.DetectStreamResponse(request_id=request.request_id)
-
-    service._stream_frame = fake_frame
+    frame = cv2.imencode(".png", np.full((32, 32, 3), 50, np.uint8))[1].tobytes()
 
     async def frames():
         for i in range(10):
             in_daemon["now"] += 1
             in_daemon["max"] = max(in_daemon["max"], in_daemon["now"])
-            yield pb.DetectRequest(request_id=str(i))
+            yield pb.DetectRequest(image=pb.Image(encoded=frame), request_id=str(i))
 
-    class Context:
-        def time_remaining(self) -> None:
-            return None
+    async def scenario() -> list[str]:
+        await manager.start()
+        service = DetectorService(config, registry, manager)
+        predictor.entered.clear()
+        predictor.release.clear()  # frames stay in the daemon until the first one is seen running
+        loop = asyncio.get_running_loop()
 
-    async def consume() -> list[str]:
-        out = []
-        async for answer in service.DetectStream(frames(), Context()):
-            in_daemon["now"] -= 1
-            out.append(answer.request_id)
-        return out
+        async def consume() -> list[str]:
+            out = []
+            async for answer in service.DetectStream(frames(), FakeContext()):
+                in_daemon["now"] -= 1
+                assert answer.WhichOneof("result") == "response", answer
+                out.append(answer.request_id)
+            return out
 
-    assert asyncio.run(consume()) == [str(i) for i in range(10)]
+        try:
+            answers = asyncio.ensure_future(consume())
+            # While the predictor holds the first frame the loop is idle: a servicer that read ahead
+            # would read every frame now.
+            assert await loop.run_in_executor(None, predictor.entered.wait, WAIT)
+            predictor.release.set()
+            return await answers
+        finally:
+            predictor.release.set()
+            service.close()
+            await manager.close()
+
+    try:
+        assert asyncio.run(scenario()) == [str(i) for i in range(10)]
+    finally:
+        registry.close()
     assert in_daemon["max"] <= 2
 
 

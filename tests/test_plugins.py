@@ -8,6 +8,7 @@ at all make `sodd serve` refuse to start with the reason.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import platform
@@ -225,6 +226,42 @@ def test_serve_refuses_a_malformed_device_string(tiny_model_dirs: dict[str, Path
     code, stderr = serve_exit(["--model", f"m={tiny_model_dirs['both']}", "--device", "m=gpu:zero"])
     assert code == 2
     assert "malformed" in stderr and "gpu:N" in stderr and "npu:N" in stderr
+
+
+@pytest.mark.parametrize("plugin, device", [("cpu:CpuPlugin", "cpu"), ("gpu:GpuPlugin", "gpu:0"),
+                                            ("npu:NpuPlugin", "npu:1"), ("arm_lite:ArmLitePlugin", "arm"),
+                                            ("openvino:OpenVinoPlugin", "openvino"),
+                                            ("onnxruntime:OnnxRuntimePlugin", "onnxruntime")])
+def test_every_plugin_refuses_an_option_it_does_not_take(tiny_model_dirs: dict[str, Path], plugin: str,
+                                                         device: str) -> None:
+    """Checked before any backend is touched, so this runs where the backends are missing too."""
+    module, name = plugin.split(":")
+    backend = getattr(importlib.import_module(f"hw_plugins.{module}"), name)()
+    with pytest.raises(InvalidArgument) as caught:
+        backend.load(read_model_dir(tiny_model_dirs["both"]), device, {"colour": "red"})
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.message.startswith(f"device {device}: unknown option(s) ['colour']; the ")
+
+
+def test_option_schema_gives_defaults_and_refuses_bad_values() -> None:
+    from sodd.plugins.options import Option, OptionSchema
+
+    schema = OptionSchema("acme", Option("threads", int, None, "threads"),
+                          Option("mode", str, "fast", "how", ("fast", "exact")),
+                          Option("cache_dir", Path, None, "where"))
+    assert schema.parse("acme:0", {}) == {"threads": None, "mode": "fast", "cache_dir": None}
+    assert schema.parse("acme:0", {"threads": "3", "mode": "exact", "cache_dir": "/tmp/c"}) == {
+        "threads": 3, "mode": "exact", "cache_dir": Path("/tmp/c")}
+    assert schema.parse("acme:0", parse_devices("acme:0?threads=")[0].options)["threads"] is None
+    for given, message in (({"threads": "0"}, "threads must be a positive integer, got '0'"),
+                           ({"threads": "two"}, "threads must be a positive integer, got 'two'"),
+                           ({"mode": "slow"}, "mode must be one of ['fast', 'exact'], got 'slow'"),
+                           ({"Mode": "fast"}, "unknown option(s) ['Mode']; the acme plugin takes "
+                                              "['threads', 'mode', 'cache_dir']")):
+        with pytest.raises(InvalidArgument) as caught:
+            schema.parse("acme:0", given)
+        assert caught.value.message == f"device acme:0: {message}"
+    assert schema.describe()[1] == "mode=fast|exact (default fast): how"
 
 
 @needs_lite

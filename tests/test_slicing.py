@@ -203,7 +203,7 @@ def _claimed(rows: np.ndarray, merged, method: str, metric: str, threshold: floa
     from sodd.model import slicing
 
     index = np.arange(len(rows)) if agnostic else np.flatnonzero(rows[:, 0] == rows[merged.keeper, 0])
-    for keeper, members in slicing._nmm(rows[index], metric, threshold):
+    for keeper, members in slicing.group_rows(rows[index], "nmm", metric, threshold):
         if index[keeper] == merged.keeper:
             return [int(index[m]) for m in members]
     raise AssertionError("keeper not found")

@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from sodd.runtime import engine
+from sodd.runtime.engine import ModelRunner
 from sodd.runtime.worker_threads import WorkerThreads
-from tests.test_engine import SlowPredictor
+from tests.test_engine import GatedPredictor
 
 
 def test_an_idle_thread_is_reused_before_another_starts() -> None:
@@ -38,12 +38,32 @@ def test_an_exception_reaches_the_caller_and_the_thread_serves_on() -> None:
 
 def test_versions_that_follow_each_other_share_worker_threads() -> None:
     """What a hot swap does: the new version's runner starts, then the old one closes."""
-    before = engine._WORKER_THREADS.started
-    old = engine.ModelRunner([SlowPredictor(0), SlowPredictor(0)], max_pending=8, name="m")
+    pool = WorkerThreads("t")
+    old = ModelRunner([GatedPredictor(), GatedPredictor()], max_pending=8, name="m", workers=pool)
     for _ in range(5):
-        new = engine.ModelRunner([SlowPredictor(0), SlowPredictor(0)], max_pending=8, name="m")
+        new = ModelRunner([GatedPredictor(), GatedPredictor()], max_pending=8, name="m", workers=pool)
         old.close()
         old = new
     old.close()
     # Two loops per version, two versions at once: at most four threads however many swaps.
-    assert engine._WORKER_THREADS.started - before <= 4
+    assert pool.started <= 4
+    pool.close(timeout=5)
+
+
+def test_closing_ends_the_idle_threads_and_refuses_new_work() -> None:
+    pool = WorkerThreads("closing")
+    release = threading.Event()
+    busy = pool.run(release.wait, 5)
+    pool.run(int).result(timeout=5)  # a second thread, idle again
+    pool.close(timeout=5)
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.run(int)
+    threads = {t.name: t for t in threading.enumerate() if t.name.startswith("closing-")}
+    if "closing-2" in threads:  # it may still be on its way from its last task to idling
+        threads["closing-2"].join(5)
+    assert not threads.get("closing-2", threading.Thread()).is_alive()  # the idle one ended
+    assert threads["closing-1"].is_alive()  # the busy one runs its loop on
+    release.set()
+    assert busy.result(timeout=5)
+    threads["closing-1"].join(5)
+    assert not threads["closing-1"].is_alive()  # and ends when the loop returns

@@ -32,8 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from hw_plugins.artifact_cache import content_key, default_cache_root, publish, staging_dir
-from sodd.errors import FailedPrecondition, InvalidArgument
+from sodd.errors import FailedPrecondition
 from sodd.model.modeldir import ModelDir
+from sodd.model.pipeline import has_detector_outputs
+from sodd.plugins.options import Option, OptionSchema
 from sodd.plugins.protocol import DeviceInfo
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,15 @@ TARGETS = ("arm", "x86")
 POWER_MODES = {"high": "LITE_POWER_HIGH", "low": "LITE_POWER_LOW", "full": "LITE_POWER_FULL",
                "no_bind": "LITE_POWER_NO_BIND", "rand_high": "LITE_POWER_RAND_HIGH",
                "rand_low": "LITE_POWER_RAND_LOW"}
-OPTIONS = ("target", "cache_dir", "threads", "power_mode", "batch")
+OPTIONS = OptionSchema(
+    "arm",
+    # No default target: it is this machine's (machine_target), decided at load.
+    Option("target", str, None, "the program's target: arm, or x86 on x86 machines", TARGETS),
+    Option("cache_dir", Path, None, "where converted programs are kept (default .../sodd/lite)"),
+    Option("threads", int, None, "Lite threads (ARM builds of Lite only)"),
+    Option("power_mode", str, None, "which cores Lite binds to (ARM builds of Lite only)", tuple(POWER_MODES)),
+    Option("batch", str, "native", "native: Lite runs the whole batch; one: one image at a time", ("native", "one")),
+)
 # Conversions done outside an unusable cache live in such a temporary directory until loaded.
 PRIVATE_PREFIX = "sodd-lite-uncached-"
 CONVERT_TIMEOUT_S = 900
@@ -208,7 +218,7 @@ class LitePredictor:
 
 
 def _counts_match(outputs: list[np.ndarray], batch: int) -> bool:
-    if len(outputs) < 2:
+    if not has_detector_outputs(outputs):
         return True  # not a detector's signature; leave the judgement to the caller
     counts = outputs[1]
     return counts.shape == (batch,) and int(counts.sum()) == outputs[0].shape[0]
@@ -216,7 +226,7 @@ def _counts_match(outputs: list[np.ndarray], batch: int) -> bool:
 
 def _no_boxes_as_empty(outputs: list[np.ndarray]) -> list[np.ndarray]:
     """Lite's NMS may write one placeholder row when nothing is kept; the daemon expects [0, 6]."""
-    if len(outputs) >= 2 and outputs[1].size and int(outputs[1].sum()) == 0 and outputs[0].shape[0] != 0:
+    if has_detector_outputs(outputs) and outputs[1].size and int(outputs[1].sum()) == 0 and outputs[0].shape[0] != 0:
         outputs[0] = np.zeros((0, 6), dtype=outputs[0].dtype)
     return outputs
 
@@ -263,24 +273,15 @@ class ArmLitePlugin:
         return [DeviceInfo("arm", True, "", facts)]
 
     def load(self, model: ModelDir, device: str, options: Mapping[str, str]) -> LitePredictor:
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise InvalidArgument(f"device {device}: unknown option(s) {unknown}; the arm plugin takes {list(OPTIONS)}")
+        parsed = OPTIONS.parse(device, options)
         runnable = machine_target()
-        target = options.get("target", runnable or "arm")
-        if target not in TARGETS:
-            raise InvalidArgument(f"device {device}: target must be one of {list(TARGETS)}, got {target!r}")
+        target = parsed["target"] or runnable or "arm"
         if target != runnable:
             raise FailedPrecondition(f"a Paddle Lite program for target {target} cannot run on this "
                                      f"{platform.machine()} machine; use target={runnable}")
-        threads = _positive_int(options.get("threads"), "threads", device)
-        power_mode = options.get("power_mode")
-        if power_mode is not None and power_mode not in POWER_MODES:
-            raise InvalidArgument(f"device {device}: power_mode must be one of {sorted(POWER_MODES)}")
-        batch = options.get("batch", "native")
-        if batch not in ("native", "one"):
-            raise InvalidArgument(f"device {device}: batch must be 'native' or 'one', got {batch!r}")
-        cache_dir = Path(options["cache_dir"]) if options.get("cache_dir") else default_cache_root() / "lite"
+        threads, power_mode = parsed["threads"], parsed["power_mode"]
+        batch = parsed["batch"]
+        cache_dir = parsed["cache_dir"] or default_cache_root() / "lite"
 
         nb_file, notes = self._program(model, target, cache_dir)
         try:
@@ -333,12 +334,4 @@ class ArmLitePlugin:
 
     def close(self) -> None:
         pass
-
-
-def _positive_int(value: str | None, name: str, device: str) -> int | None:
-    if value is None:
-        return None
-    if not value.isdigit() or int(value) < 1:
-        raise InvalidArgument(f"device {device}: {name} must be a positive integer, got {value!r}")
-    return int(value)
 

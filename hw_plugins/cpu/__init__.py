@@ -25,9 +25,16 @@ import numpy as np
 from hw_plugins.paddle_predictor import PaddlePredictor
 from sodd.errors import FailedPrecondition, InvalidArgument
 from sodd.model.modeldir import ModelDir
+from sodd.plugins.options import Option, OptionSchema
 from sodd.plugins.protocol import DeviceInfo
 
 PRECISIONS = ("fp32", "bf16")
+OPTIONS = OptionSchema(
+    "cpu",
+    Option("threads", int, None, "CPU threads (default: all cores, or sodd serve --threads)"),
+    Option("onednn", str, "on", "oneDNN kernels; off runs Paddle's plain kernels", ("on", "off")),
+    Option("precision", str, "fp32", "bf16 runs oneDNN bf16 kernels (needs onednn=on)", PRECISIONS),
+)
 
 
 def import_paddle() -> ModuleType:
@@ -135,10 +142,11 @@ class CpuPlugin:
         return [DeviceInfo("cpu", True, "", facts)]
 
     def load(self, model: ModelDir, device: str, options: Mapping[str, str]) -> PaddlePredictor:
-        threads = int(options.get("threads") or os.cpu_count() or 1)
-        onednn = options.get("onednn", "on") != "off"
-        precision = options.get("precision", "fp32")
-        if precision not in PRECISIONS or (precision == "bf16" and not onednn):
+        parsed = OPTIONS.parse(device, options)
+        threads = parsed["threads"] or os.cpu_count() or 1
+        onednn = parsed["onednn"] == "on"
+        precision = parsed["precision"]
+        if precision == "bf16" and not onednn:
             raise InvalidArgument(f"device {device}: precision must be one of {list(PRECISIONS)} "
                                   f"(bf16 needs onednn=on), got {precision!r}")
         built_with_onednn = paddle_has_onednn()

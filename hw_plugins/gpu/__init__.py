@@ -20,14 +20,23 @@ from pathlib import Path
 
 from hw_plugins.artifact_cache import content_key, default_cache_root, staging_dir
 from hw_plugins.paddle_predictor import PaddlePredictor, device_index
-from sodd.errors import FailedPrecondition, InvalidArgument
+from sodd.errors import FailedPrecondition
 from sodd.model.modeldir import ModelDir
+from sodd.plugins.options import Option, OptionSchema
 from sodd.plugins.protocol import DeviceInfo
 
 log = logging.getLogger(__name__)
 
 MODES = ("paddle", "trt_fp32", "trt_fp16")
-OPTIONS = ("mode", "memory_pool_mb", "max_batch", "workspace_mb", "min_subgraph_size", "cache_dir")
+OPTIONS = OptionSchema(
+    "gpu",
+    Option("mode", str, "paddle", "Paddle's CUDA kernels, or TensorRT in fp32 or fp16", MODES),
+    Option("memory_pool_mb", int, 256, "initial GPU memory pool"),
+    Option("max_batch", int, 8, "largest TensorRT batch when the shapes come from the Resize target"),
+    Option("workspace_mb", int, 1024, "TensorRT workspace"),
+    Option("min_subgraph_size", int, 3, "smallest subgraph handed to TensorRT"),
+    Option("cache_dir", Path, None, "where TensorRT programs converted from PIR are kept"),
+)
 Shapes = dict[str, list[list[int]]]  # input name -> [min, opt, max]
 
 
@@ -67,15 +76,6 @@ def shapes_for(shapes: Shapes, names: list[str], model: ModelDir) -> Shapes:
     return {n: shapes[n] for n in names}
 
 
-def _int_option(options: Mapping[str, str], name: str, default: int, device: str) -> int:
-    value = options.get(name)
-    if value is None:
-        return default
-    if not value.isdigit() or int(value) < 1:
-        raise InvalidArgument(f"device {device}: {name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 class GpuPlugin:
     name = "gpu"
     device_types = ("gpu",)
@@ -109,23 +109,19 @@ class GpuPlugin:
         return devices
 
     def load(self, model: ModelDir, device: str, options: Mapping[str, str]) -> PaddlePredictor:
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise InvalidArgument(f"device {device}: unknown option(s) {unknown}; the gpu plugin takes {list(OPTIONS)}")
-        mode = options.get("mode", "paddle")
-        if mode not in MODES:
-            raise InvalidArgument(f"device {device}: mode must be one of {list(MODES)}, got {mode!r}")
+        parsed = OPTIONS.parse(device, options)
+        mode = parsed["mode"]
         gpu_id = device_index(device)
-        pool_mb = _int_option(options, "memory_pool_mb", 256, device)
+        pool_mb = parsed["memory_pool_mb"]
         if mode == "paddle":
             return PaddlePredictor(self._plain_config(model.model_file, model.params_file, pool_mb, gpu_id),
                                    "Paddle Inference on CUDA")
-        shapes = trt_dynamic_shapes(model, _int_option(options, "max_batch", 8, device))
-        cache_dir = Path(options["cache_dir"]) if options.get("cache_dir") else default_cache_root() / "trt"
+        shapes = trt_dynamic_shapes(model, parsed["max_batch"])
+        cache_dir = parsed["cache_dir"] or default_cache_root() / "trt"
         program = model.legacy_model_file or model.model_file
         shapes = shapes_for(shapes, program_inputs(program, model.params_file), model)
         if model.legacy_model_file is not None:
-            config = self._legacy_trt_config(model, mode, shapes, pool_mb, gpu_id, options, device, cache_dir)
+            config = self._legacy_trt_config(model, mode, shapes, pool_mb, gpu_id, parsed, cache_dir)
             return PaddlePredictor(config, f"TensorRT {mode[4:]} through Paddle's subgraph engine (legacy program)")
         model_file, params_file = self._pir_trt_program(model, mode, shapes, gpu_id, cache_dir)
         notes = f"TensorRT {mode[4:]} through paddle.tensorrt (PIR program, cached in {model_file.parent})"
@@ -146,7 +142,7 @@ class GpuPlugin:
 
     @staticmethod
     def _legacy_trt_config(model: ModelDir, mode: str, shapes: Shapes, pool_mb: int, gpu_id: int,
-                           options: Mapping[str, str], device: str, cache_dir: Path) -> object:
+                           options: Mapping[str, object], cache_dir: Path) -> object:
         from paddle import inference
 
         assert model.legacy_model_file is not None
@@ -159,9 +155,9 @@ class GpuPlugin:
         precision = inference.PrecisionType.Half if mode == "trt_fp16" else inference.PrecisionType.Float32
         max_batch = max(s[2][0] for s in shapes.values())
         config.enable_tensorrt_engine(
-            workspace_size=_int_option(options, "workspace_mb", 1024, device) << 20,
+            workspace_size=options["workspace_mb"] << 20,
             max_batch_size=max_batch,
-            min_subgraph_size=_int_option(options, "min_subgraph_size", 3, device),
+            min_subgraph_size=options["min_subgraph_size"],
             precision_mode=precision, use_static=False, use_calib_mode=False)
         config.set_trt_dynamic_shape_info({n: s[0] for n, s in shapes.items()},
                                           {n: s[2] for n, s in shapes.items()},

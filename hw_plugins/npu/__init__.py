@@ -11,12 +11,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from hw_plugins.paddle_predictor import PaddlePredictor, device_index
-from sodd.errors import FailedPrecondition, InvalidArgument
+from sodd.errors import FailedPrecondition
 from sodd.model.modeldir import ModelDir
+from sodd.plugins.options import Option, OptionSchema
 from sodd.plugins.protocol import DeviceInfo
 
 DEFAULT_TYPE = "npu"
-OPTIONS = ("type",)
+OPTIONS = OptionSchema(
+    "npu",
+    Option("type", str, DEFAULT_TYPE, "the CustomDevice type registered with paddle (npu, mlu, gcu, ...)"),
+)
 
 
 def custom_devices() -> tuple[list[str], dict[int, list[str]]]:
@@ -53,10 +57,7 @@ class NpuPlugin:
                 for i, kinds in sorted(by_index.items())]
 
     def load(self, model: ModelDir, device: str, options: Mapping[str, str]) -> PaddlePredictor:
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise InvalidArgument(f"device {device}: unknown option(s) {unknown}; the npu plugin takes {list(OPTIONS)}")
-        kind = options.get("type", DEFAULT_TYPE)
+        kind = OPTIONS.parse(device, options)["type"]
         types, by_index = custom_devices()
         index = device_index(device)
         if kind not in types:

@@ -24,11 +24,15 @@ from hw_plugins.onnx_common import (
     package_version,
     paddle2onnx_fact,
 )
-from sodd.errors import InvalidArgument
 from sodd.model.modeldir import ModelDir
+from sodd.plugins.options import Option, OptionSchema
 from sodd.plugins.protocol import DeviceInfo
 
-OPTIONS = ("threads", "cache_dir")
+OPTIONS = OptionSchema(
+    "onnxruntime",
+    Option("threads", int, None, "CPU threads (default: all cores, or sodd serve --threads)"),
+    Option("cache_dir", Path, None, "where converted graphs are kept (default .../sodd/onnx)"),
+)
 
 
 class OrtPredictor(CutGraphPredictor):
@@ -78,15 +82,9 @@ class OnnxRuntimePlugin:
         return [DeviceInfo("onnxruntime", True, "", facts)]
 
     def load(self, model: ModelDir, device: str, options: Mapping[str, str]) -> OrtPredictor:
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise InvalidArgument(f"device {device}: unknown option(s) {unknown}; "
-                                  f"the onnxruntime plugin takes {list(OPTIONS)}")
-        threads = options.get("threads") or str(os.cpu_count() or 1)
-        if not threads.isdigit() or int(threads) < 1:
-            raise InvalidArgument(f"device {device}: threads must be a positive integer, got {threads!r}")
-        cache_dir = Path(options["cache_dir"]) if options.get("cache_dir") else default_onnx_cache()
-        return OrtPredictor(onnx_program(model, cache_dir), int(threads))
+        parsed = OPTIONS.parse(device, options)
+        cache_dir = parsed["cache_dir"] or default_onnx_cache()
+        return OrtPredictor(onnx_program(model, cache_dir), parsed["threads"] or os.cpu_count() or 1)
 
     def close(self) -> None:
         pass

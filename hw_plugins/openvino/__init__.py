@@ -26,13 +26,19 @@ from hw_plugins.onnx_common import (
     package_version,
     paddle2onnx_fact,
 )
-from sodd.errors import FailedPrecondition, InvalidArgument
+from sodd.errors import FailedPrecondition
 from sodd.model.int8 import INT8_XML
 from sodd.model.modeldir import ModelDir
+from sodd.plugins.options import Option, OptionSchema
 from sodd.plugins.protocol import DeviceInfo
 
-OPTIONS = ("threads", "cache_dir", "precision")
 PRECISIONS = ("f32", "bf16", "int8")
+OPTIONS = OptionSchema(
+    "openvino",
+    Option("threads", int, None, "CPU threads (default: all cores, or sodd serve --threads)"),
+    Option("cache_dir", Path, None, "where converted graphs are kept (default .../sodd/onnx)"),
+    Option("precision", str, "f32", "inference precision; int8 runs the model sodd quantize wrote", PRECISIONS),
+)
 
 
 def import_openvino() -> ModuleType:
@@ -125,17 +131,10 @@ class OpenVinoPlugin:
         return [DeviceInfo("openvino", True, "", facts)]
 
     def load(self, model: ModelDir, device: str, options: Mapping[str, str]) -> OpenVinoPredictor:
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise InvalidArgument(f"device {device}: unknown option(s) {unknown}; "
-                                  f"the openvino plugin takes {list(OPTIONS)}")
-        threads = options.get("threads") or str(os.cpu_count() or 1)
-        if not threads.isdigit() or int(threads) < 1:
-            raise InvalidArgument(f"device {device}: threads must be a positive integer, got {threads!r}")
-        precision = options.get("precision", "f32")
-        if precision not in PRECISIONS:
-            raise InvalidArgument(f"device {device}: precision must be one of {list(PRECISIONS)}, got {precision!r}")
-        cache_dir = Path(options["cache_dir"]) if options.get("cache_dir") else default_onnx_cache()
+        parsed = OPTIONS.parse(device, options)
+        threads = parsed["threads"] or os.cpu_count() or 1
+        precision = parsed["precision"]
+        cache_dir = parsed["cache_dir"] or default_onnx_cache()
         graph = None
         if precision == "int8":
             graph = model.path / INT8_XML
@@ -143,7 +142,7 @@ class OpenVinoPlugin:
                 raise FailedPrecondition(f"device {device}: {model.path} has no {INT8_XML}; make one with "
                                          f"`sodd quantize --model-dir {model.path} --images CALIBRATION_IMAGES`")
         program = onnx_program(model, cache_dir) if graph is None else int8_program(model, graph)
-        return OpenVinoPredictor(program, int(threads), precision, graph, cache_dir / "compiled")
+        return OpenVinoPredictor(program, threads, precision, graph, cache_dir / "compiled")
 
     def close(self) -> None:
         pass

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sodd.model.overlap import box_areas, overlap_terms
 from sodd.model.postprocess import Box, Threshold, finish
 from sodd.model.slicing import MERGE_METHODS, SliceOptions, crops_for, merge_crop_rows, plan_slices
 
@@ -85,11 +86,11 @@ def matched(truth: np.ndarray, boxes: Sequence[Box], iou: float = RECALL_IOU) ->
     found = np.zeros(len(truth), dtype=bool)
     if not len(truth):
         return found
-    areas = (truth[:, 2] - truth[:, 0]) * (truth[:, 3] - truth[:, 1])
+    areas = box_areas(truth)
     for box in sorted(boxes, key=lambda b: -b.score):
-        inter = (np.clip(np.minimum(truth[:, 2], box.xmax) - np.maximum(truth[:, 0], box.xmin), 0, None)
-                 * np.clip(np.minimum(truth[:, 3], box.ymax) - np.maximum(truth[:, 1], box.ymin), 0, None))
-        overlap = inter / (areas + (box.xmax - box.xmin) * (box.ymax - box.ymin) - inter)
+        corners = np.array([box.xmin, box.ymin, box.xmax, box.ymax], dtype=np.float64)
+        inter, union = overlap_terms(truth, corners, areas, box_areas(corners))
+        overlap = inter / union
         overlap[found] = -1.0
         best = int(np.argmax(overlap))
         if overlap[best] >= iou:

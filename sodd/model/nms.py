@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sodd.model.overlap import overlap_terms
+
 # Boxes walked per block (one block-by-block overlap matrix at a time), growing: most images reach
 # keep_top_k within the first few hundred candidates. Blocks beyond 128 cost more in the quadratic
 # matrix than they save in Python steps (1.5x to 2x slower on PicoDet-XS, SOD-S and random boxes).
@@ -56,12 +58,15 @@ def _overlaps(box: np.ndarray, area: np.float32, others: np.ndarray, other_areas
     """IoU of one box with many, float32, in the kernel's order of operations."""
     disjoint = ((others[:, 0] > box[2]) | (others[:, 2] < box[0])
                 | (others[:, 1] > box[3]) | (others[:, 3] < box[1]))
-    norm = np.float32(0 if normalized else 1)
-    inter_w = np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0]) + norm
-    inter_h = np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1]) + norm
-    inter = inter_w * inter_h
+    return _kernel_iou(box, others, area, other_areas, normalized, disjoint)
+
+
+def _kernel_iou(a: np.ndarray, b: np.ndarray, a_areas: np.ndarray, b_areas: np.ndarray, normalized: bool,
+                disjoint: np.ndarray) -> np.ndarray:
+    """The kernel's IoU: widths unclipped (+1 when not normalised), 0 for disjoint pairs."""
+    inter, union = overlap_terms(a, b, a_areas, b_areas, offset=np.float32(0 if normalized else 1), clip=False)
     with np.errstate(divide="ignore", invalid="ignore"):
-        iou = inter / (area + other_areas - inter)
+        iou = inter / union
     return np.where(disjoint, np.float32(0), iou)
 
 
@@ -70,13 +75,7 @@ def _overlap_matrix(a: np.ndarray, a_areas: np.ndarray, b: np.ndarray, b_areas: 
     """IoU of every box in `a` with every box in `b`, with the same float32 steps as `_overlaps`."""
     a, b = a[:, None, :], b[None, :, :]
     disjoint = (b[..., 0] > a[..., 2]) | (b[..., 2] < a[..., 0]) | (b[..., 1] > a[..., 3]) | (b[..., 3] < a[..., 1])
-    norm = np.float32(0 if normalized else 1)
-    inter_w = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + norm
-    inter_h = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + norm
-    inter = inter_w * inter_h
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = inter / (a_areas[:, None] + b_areas[None, :] - inter)
-    return np.where(disjoint, np.float32(0), iou)
+    return _kernel_iou(a, b, a_areas[:, None], b_areas[None, :], normalized, disjoint)
 
 
 def _nms_one_class(boxes: np.ndarray, areas: np.ndarray, scores: np.ndarray, p: NmsParams) -> np.ndarray:

@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 
 from sodd.errors import InvalidArgument
+from sodd.model.overlap import box_areas, overlap_terms
 from sodd.model.postprocess import Threshold, apply_threshold
 
 MergeMethod = Literal["nms", "nmm", "greedynmm"]
@@ -235,7 +236,7 @@ class _Matcher:
 
     def __init__(self, rows: np.ndarray, metric: str, threshold: float) -> None:
         self.boxes = rows[:, 2:6]
-        self.areas = (self.boxes[:, 2] - self.boxes[:, 0]) * (self.boxes[:, 3] - self.boxes[:, 1])
+        self.areas = box_areas(self.boxes)
         self.metric = metric
         self.threshold = np.float32(threshold)
         widths = self.boxes[:, 2] - self.boxes[:, 0]
@@ -256,11 +257,8 @@ class _Matcher:
             near = np.sort(self.by_x1[lo:hi])
         else:
             near = np.arange(len(self.boxes))
-        box, boxes, areas = self.boxes[i], self.boxes[near], self.areas[near]
-        inter_w = np.maximum(0, np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]))
-        inter_h = np.maximum(0, np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]))
-        inter = inter_w * inter_h
-        denominator = (self.areas[i] + areas) - inter if self.metric == "iou" else np.minimum(self.areas[i], areas)
+        inter, denominator = overlap_terms(self.boxes[i], self.boxes[near], self.areas[i], self.areas[near],
+                                           metric=self.metric)
         values = np.zeros(len(near), dtype=np.float32)
         np.divide(inter, denominator, out=values, where=denominator > 0)
         return near[values >= self.threshold]
@@ -363,6 +361,13 @@ class MergedBox:
     members: tuple[int, ...]  # rows folded into it; NMS folds none (it only suppresses)
 
 
+def group_rows(rows: np.ndarray, method: str, metric: str, threshold: float) -> list[tuple[int, list[int]]]:
+    """The grouping step of a merge, before members are folded into their keeper: (keeper, the
+    rows it claims) in the order the method makes them. NMS claims none; NMM and greedy NMM list
+    members as SAHI does. The fold then re-checks each member against the grown box."""
+    return _GROUPERS[method](rows, metric, threshold)
+
+
 def merge_boxes(rows: np.ndarray, method: str, metric: str, threshold: float,
                 class_agnostic: bool) -> list[MergedBox]:
     """Merge raw rows by SAHI's rules; the result is in score order (ties by box, as `_score_order`).
@@ -384,7 +389,7 @@ def merge_boxes(rows: np.ndarray, method: str, metric: str, threshold: float,
         subsets = [np.flatnonzero(rows[:, 0] == cls) for cls in np.unique(rows[:, 0])]
     merged: list[MergedBox] = []
     for index in subsets:
-        for keeper, members in _GROUPERS[method](rows[index], metric, threshold):
+        for keeper, members in group_rows(rows[index], method, metric, threshold):
             merged.append(_fold(rows, int(index[keeper]), [int(index[m]) for m in members], metric, threshold))
     if merged:
         keys = np.array([m.row for m in merged], dtype=np.float32)

@@ -1,12 +1,23 @@
 """Device strings: which hardware plugin runs a model, with what options.
 
-Grammar (documented in the README):
+Grammar (docs/plugins.md has the user's view):
 
     DEVICES := DEVICE ("," DEVICE)*          tried in order at load: "npu:0,cpu"
     DEVICE  := TYPE [":" INDEX] ["?" KEY "=" VALUE ("&" KEY "=" VALUE)*]
 
-TYPE is a device type a plugin claims (cpu, gpu, npu, arm, ...), INDEX a non-negative integer,
-and options are plugin-specific: `cpu?threads=2&onednn=off`, `gpu:0?mode=trt_fp16`.
+Rules:
+
+- TYPE is lower case (`[a-z][a-z0-9_]*`) and names the plugin that claims it (cpu, gpu, npu, arm,
+  openvino, onnxruntime, or a third party's); INDEX is a non-negative integer.
+- A bare TYPE means its first device: `gpu` is `gpu:0` (`sodd.plugins.discovery.available_device`).
+- Options belong to the plugin: each declares the ones it takes (`sodd.plugins.options`), and a key
+  it does not declare, or a value it cannot take, is INVALID_ARGUMENT naming the device. A key
+  without a value (`?threads=`) is dropped; a key without `=` is malformed.
+- For the plugins that run on the host CPU (cpu, openvino, onnxruntime), `sodd serve --threads`
+  is the `threads` option of every device that does not set it.
+- A list is tried left to right at load; a device that is unavailable or fails to load the model
+  is skipped with a warning. A malformed string is INVALID_ARGUMENT listing ACCEPTED_FORMS.
+- Responses, logs and metrics name a device without its options (`DeviceSpec.name`).
 """
 
 from __future__ import annotations

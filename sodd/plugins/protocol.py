@@ -2,24 +2,31 @@
 
 A plugin loads a model directory for one device and runs named float32 arrays to output arrays.
 It knows nothing of gRPC, thresholds or labels, so every backend shares the rest of the daemon.
-Plugins are found through the entry-point group `sodd.hw_plugins`; the built-in ones register the
-same way, so a third party ships a backend as its own package.
+Plugins are found through the entry-point group `sodd.hw_plugins` (`sodd.plugins.discovery`); the
+built-in ones register the same way, so a third party ships a backend as its own package. Which
+device strings reach a plugin, and how its options are checked, is in `sodd.plugins.devices` and
+`sodd.plugins.options`.
+
+Lifecycle: the daemon calls `HardwarePlugin.load` once per predictor it needs and closes each
+predictor (`Predictor.close`) when the model version it serves is retired and its last request has
+finished, or at shutdown; `HardwarePlugin.close` is called once, at shutdown, after the
+predictors of the versions it served are closed.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from sodd.model.modeldir import ModelDir
 
-ENTRY_POINT_GROUP = "sodd.hw_plugins"
-log = logging.getLogger(__name__)
+# Discovery lives in sodd.plugins.discovery; plugins and callers written against this module keep these names.
+from sodd.plugins.discovery import ENTRY_POINT_GROUP, PluginProblem, discover_plugins
+
+__all__ = ["ENTRY_POINT_GROUP", "DeviceInfo", "HardwarePlugin", "PluginProblem", "Predictor", "discover_plugins"]
 
 
 @dataclass(frozen=True)
@@ -44,7 +51,14 @@ class Predictor(Protocol):
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]: ...
 
-    def close(self) -> None: ...
+    def clone(self) -> Predictor:
+        """Another instance for another engine thread (a model with `instances` > 1). Raise
+        NotImplementedError when the backend cannot make one; the model then runs one instance."""
+        ...
+
+    def close(self) -> None:
+        """Free the model. Called once, after its last run."""
+        ...
 
 
 @runtime_checkable
@@ -54,30 +68,11 @@ class HardwarePlugin(Protocol):
 
     def probe(self) -> list[DeviceInfo]: ...
 
-    def load(self, model: ModelDir, device: str, options: Mapping[str, str]) -> Predictor: ...
+    def load(self, model: ModelDir, device: str, options: Mapping[str, str]) -> Predictor:
+        """`device` is the name without options (`gpu:1`); check `options` with an
+        `sodd.plugins.options.OptionSchema`."""
+        ...
 
-    def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class PluginProblem:
-    name: str
-    reason: str
-
-
-def discover_plugins() -> tuple[dict[str, HardwarePlugin], list[PluginProblem]]:
-    """Instantiate every registered plugin; a broken one is reported, not fatal."""
-    plugins: dict[str, HardwarePlugin] = {}
-    problems: list[PluginProblem] = []
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            plugin = ep.load()()
-        except Exception as exc:  # noqa: BLE001 - a third-party plugin must not stop the daemon
-            log.warning("hardware plugin %s failed to load: %s", ep.name, exc)
-            problems.append(PluginProblem(ep.name, f"{type(exc).__name__}: {exc}"))
-            continue
-        if not isinstance(plugin, HardwarePlugin):
-            problems.append(PluginProblem(ep.name, "does not implement sodd.plugins.protocol.HardwarePlugin"))
-            continue
-        plugins[plugin.name] = plugin
-    return plugins, problems
+    def close(self) -> None:
+        """Release plugin-wide resources; called once at shutdown."""
+        ...

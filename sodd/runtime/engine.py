@@ -1,15 +1,15 @@
 """Running predictors: per-model queue, dynamic batching, predictor instances, admission control.
 
 Each loaded model version has one queue of images and one work loop per predictor instance
-(Paddle predictors are not thread-safe). The loops run on long-lived worker threads that pass from
-one model version to the next (see `sodd.runtime.worker_threads`). A worker takes the oldest image,
-adds images of the same shape that are waiting — or arrive within `max_queue_delay` — up to
-`max_batch_size`, runs them as one batch and splits the rows back per image. With
-`combine_requests` off, a batch holds images of one request only (a DetectBatch), never images of
-different requests: on CPUs a batch costs as much per image as single runs, so combining only
-makes requests wait for each other. Images whose client cancelled or whose deadline passed are
-dropped before inference. A full queue refuses at once (RESOURCE_EXHAUSTED); every accepted image
-gets a result or an error, never silence.
+(Paddle predictors are not thread-safe). The loops run on the long-lived worker threads the
+runner is given (`sodd.runtime.worker_threads`; the registry owns them), which pass from one model
+version to the next. A worker takes the oldest image, adds images of the same shape that are
+waiting — or arrive within `max_queue_delay` — up to `max_batch_size`, runs them as one batch and
+splits the rows back per image. With `combine_requests` off, a batch holds images of one request
+only (a DetectBatch), never images of different requests: on CPUs a batch costs as much per image
+as single runs, so combining only makes requests wait for each other. Images whose client
+cancelled or whose deadline passed are dropped before inference. A full queue refuses at once
+(RESOURCE_EXHAUSTED); every accepted image gets a result or an error, never silence.
 
 An optional *wide* predictor uses every core for one image. It runs only when the queue holds a
 single request and no other instance is busy, so a lone client gets the latency of all cores,
@@ -19,7 +19,6 @@ two kinds never run at the same time, so the cores are never oversubscribed.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections import deque
@@ -30,12 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from sodd.errors import DeadlineExceeded, ResourceExhausted, Unavailable
-from sodd.model.postprocess import split_per_image
+from sodd.model.pipeline import rows_per_image
 from sodd.model.preprocess import Prepared, batch_inputs
 from sodd.plugins.protocol import Predictor
 from sodd.runtime.worker_threads import WorkerThreads
-
-_WORKER_THREADS = WorkerThreads("infer")
 
 
 @dataclass(frozen=True)
@@ -86,29 +83,28 @@ class _Job:
 
 
 class ModelRunner:
-    def __init__(self, predictors: Predictor | Sequence[Predictor], max_pending: int, name: str,
+    def __init__(self, predictors: Sequence[Predictor], max_pending: int, name: str, *, workers: WorkerThreads,
                  max_batch_size: int = 8, max_queue_delay: float = 0.0, combine_requests: bool = True,
-                 wide: Predictor | None = None) -> None:
-        self.predictors = [predictors] if isinstance(predictors, Predictor) else list(predictors)
+                 wide: Predictor | None = None, observe_batch: Callable[[int], None] | None = None) -> None:
+        self.predictors = list(predictors)
         self.predictor = self.predictors[0]
         self.wide = wide
         self.max_pending = max_pending
         self.max_batch_size = max_batch_size
         self.max_queue_delay = max_queue_delay
         self.combine_requests = combine_requests
-        # Told the number of images in each predictor run (metrics set it once the model serves).
-        self.observe_batch: Callable[[int], None] | None = None
+        # Told the number of images in each predictor run of requests (warm-up's raw runs are not).
+        self._observe_batch = observe_batch
         self._queue: deque[_Job] = deque()
         self._admitted = 0  # network runs of requests inside the daemon (see admit)
         self._cond = threading.Condition()
         self._stopping = False
         self._running = 0  # batches on predictors now
         self._wide_running = False
-        workers = [(p, False, f"infer-{name}-{i}") for i, p in enumerate(self.predictors)]
+        loops = [(p, False, f"infer-{name}-{i}") for i, p in enumerate(self.predictors)]
         if wide is not None:
-            workers.append((wide, True, f"infer-{name}-wide"))
-        self._loops = [_WORKER_THREADS.run(self._work, p, is_wide, loop_name)
-                       for p, is_wide, loop_name in workers]
+            loops.append((wide, True, f"infer-{name}-wide"))
+        self._loops = [workers.run(self._work, p, is_wide, loop_name) for p, is_wide, loop_name in loops]
 
     @property
     def all_predictors(self) -> list[Predictor]:
@@ -158,14 +154,6 @@ class ModelRunner:
         self._enqueue(jobs)
         return [j.future for j in jobs]
 
-    async def run_images(self, prepared: Sequence[Prepared], deadline: float | None = None) -> list[ImageResult]:
-        futures = [asyncio.wrap_future(f) for f in self.submit(prepared, deadline)]
-        try:
-            return list(await asyncio.gather(*futures))
-        finally:
-            for f in futures:  # a cancelled request withdraws its images that have not run yet
-                f.cancel()
-
     def run_images_sync(self, prepared: Sequence[Prepared], deadline: float | None = None) -> list[ImageResult]:
         return [f.result() for f in self.submit(prepared, deadline)]
 
@@ -173,9 +161,6 @@ class ModelRunner:
         job = _Job(Future(), time.perf_counter(), None, object(), inputs=inputs)
         self._enqueue([job])
         return job.future
-
-    async def run(self, inputs: Mapping[str, np.ndarray]) -> RunResult:
-        return await asyncio.wrap_future(self._submit_raw(inputs))
 
     def run_sync(self, inputs: Mapping[str, np.ndarray]) -> RunResult:
         return self._submit_raw(inputs).result()
@@ -250,13 +235,9 @@ class ModelRunner:
                 return
             outputs = predictor.run(batch_inputs([j.prepared for j in jobs], predictor.input_names))
             elapsed = time.perf_counter() - started
-            if len(outputs) < 2:
-                raise ValueError(f"the program returned {len(outputs)} outputs; a detector returns boxes and counts")
-            rows = split_per_image(outputs[0], outputs[1])
-            if len(rows) != len(jobs):
-                raise ValueError(f"the program returned counts for {len(rows)} images, {len(jobs)} were sent")
-            if self.observe_batch is not None:
-                self.observe_batch(len(jobs))
+            rows = rows_per_image(outputs, len(jobs))
+            if self._observe_batch is not None:
+                self._observe_batch(len(jobs))
             for job, image_rows in zip(jobs, rows, strict=True):
                 job.future.set_result(ImageResult(image_rows, started - job.enqueued, elapsed, len(jobs)))
         except Exception as exc:  # noqa: BLE001 - the error belongs to these requests, not the worker

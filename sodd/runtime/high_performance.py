@@ -23,6 +23,7 @@ import numpy as np
 from sodd.model import pipeline
 from sodd.model.int8 import int8_candidates
 from sodd.model.modeldir import ModelDir
+from sodd.model.overlap import box_areas, overlap_terms
 from sodd.model.postprocess import split_per_image
 from sodd.plugins.devices import DeviceSpec, parse_device
 from sodd.plugins.protocol import Predictor
@@ -136,15 +137,11 @@ def warmup_images(model: ModelDir, count: int = WARMUP_IMAGES) -> list[np.ndarra
 
 
 def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(box[0], others[:, 0])
-    y1 = np.maximum(box[1], others[:, 1])
-    x2 = np.minimum(box[2], others[:, 2])
-    y2 = np.minimum(box[3], others[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+    """IoU of one box with many; two degenerate boxes (no area) count as equal when their corners are."""
+    area, areas = box_areas(box), box_areas(others)
+    inter, union = overlap_terms(box, others, area, areas)
     with np.errstate(divide="ignore", invalid="ignore"):
-        iou = inter / (area + areas - inter)
+        iou = inter / union
     return np.where((area <= 0) | (areas <= 0), (np.abs(others - box).max(axis=1) < 1e-3).astype(float), iou)
 
 

@@ -2,9 +2,9 @@
 
 Paddle's oneDNN kernels keep state per thread. With a fresh thread for every instance of every
 version, each hot swap left that state behind; reusing threads keeps it to the number of loops that
-ever ran at once (the old and the new version side by side during a swap). The threads are daemon
-threads, like the per-version threads they replace, so a loop that was never stopped cannot keep
-the process from exiting.
+ever ran at once (the old and the new version side by side during a swap). The registry owns one
+set of them and closes it at shutdown. They are daemon threads, so a loop that was never stopped
+cannot keep the process from exiting.
 """
 
 from __future__ import annotations
@@ -22,20 +22,23 @@ class WorkerThreads:
     def __init__(self, prefix: str) -> None:
         self._prefix = prefix
         self._lock = threading.Lock()
-        self._idle: list[queue.SimpleQueue[_Task]] = []  # the inbox of each idle thread
+        self._idle: list[tuple[queue.SimpleQueue[_Task | None], threading.Thread]] = []
         self._started = 0
+        self._closed = False
 
     @property
     def started(self) -> int:
-        """Threads started so far (they never end)."""
+        """Threads started so far."""
         return self._started
 
     def run(self, fn: Callable[..., Any], *args: Any) -> Future:
         """Run `fn(*args)` on an idle thread, or on a new one when none is idle."""
         future: Future = Future()
         with self._lock:
+            if self._closed:
+                raise RuntimeError(f"the {self._prefix} worker threads are closed")
             if self._idle:
-                inbox = self._idle.pop()  # the most recently idle: keeps the set of threads in use small
+                inbox, _ = self._idle.pop()  # the most recently idle: keeps the set of threads in use small
             else:
                 inbox = queue.SimpleQueue()
                 self._started += 1
@@ -44,14 +47,28 @@ class WorkerThreads:
         inbox.put((future, fn, args))
         return future
 
-    def _serve(self, inbox: queue.SimpleQueue[_Task]) -> None:
-        while True:
-            future, fn, args = inbox.get()
+    def _serve(self, inbox: queue.SimpleQueue[_Task | None]) -> None:
+        thread = threading.current_thread()
+        while (task := inbox.get()) is not None:
+            future, fn, args = task
             if future.set_running_or_notify_cancel():
                 try:
                     future.set_result(fn(*args))
                 except BaseException as exc:  # noqa: BLE001 - the caller gets it from the future
                     future.set_exception(exc)
-            del future, fn, args  # hold nothing of the finished loop while idle
+            del task, future, fn, args  # hold nothing of the finished loop while idle
             with self._lock:
-                self._idle.append(inbox)
+                if self._closed:
+                    return
+                self._idle.append((inbox, thread))
+
+    def close(self, timeout: float | None = None) -> None:
+        """Refuse new work and end the idle threads (waiting up to `timeout` for each); a thread still
+        running a loop ends when that loop returns."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for inbox, _ in idle:
+            inbox.put(None)
+        for _, thread in idle:
+            thread.join(timeout)
