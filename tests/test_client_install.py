@@ -25,7 +25,7 @@ from tests.conftest import REPO, Daemon
 
 CLIENTS = REPO / "clients"
 PYTHONS = ("3.9", "3.13")  # the ends of the supported range
-SERVER_ONLY = ("paddle", "numpy", "cv2", "PIL", "sodd.runtime.detection")
+SERVER_ONLY = ("paddle", "numpy", "cv2", "PIL", "sodd.runtime")  # the daemon side of sodd
 
 
 def require_index() -> None:

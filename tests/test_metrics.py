@@ -7,7 +7,6 @@ import json
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from sodd.v1 import detector_pb2 as pb
 from sodd.v1 import detector_pb2_grpc as pb_grpc
 from tests.conftest import Daemon, start_daemon
 from tests.metrics_helpers import metrics_url, prometheus_tool, samples, scrape, value
+from tests.service_helpers import wait_until
 
 MODEL = {"model": "tiny", "version": "1", "device": "cpu"}
 FAMILIES = {
@@ -145,17 +145,16 @@ def test_swaps_and_failed_versions(tiny_model_dirs: dict[str, Path], tmp_path: P
             staging.rename(root / str(version))
             d.process.send_signal(signal.SIGHUP)  # re-read now rather than wait for the file watcher
             swapped = "sodd_model_swap_failures_total" if broken else "sodd_model_swap_duration_seconds_count"
-            deadline = time.monotonic() + 30
-            while value(s := samples(scrape(url)), swapped, model="tiny", version=str(version)) != 1:
-                assert time.monotonic() < deadline, f"version {version} was not followed:\n{d.log()}"
-                time.sleep(0.2)
+            def followed(name: str = swapped, v: str = str(version)) -> bool:
+                return value(samples(scrape(url)), name, model="tiny", version=v) == 1
+
+            wait_until(followed, 30, interval=0.2, what=f"version {version} followed")
+        s = samples(scrape(url))
         assert value(s, "sodd_model_load_duration_seconds_count", model="tiny", version="1") == 1
         assert value(s, "sodd_model_load_failures_total") == 0
         # Version 2 serves; the broken 3 never does.
-        deadline = time.monotonic() + 10
-        while {dict(ls)["version"] for n, ls in samples(scrape(url)) if n == "sodd_model_info"} != {"2"}:
-            assert time.monotonic() < deadline, scrape(url)
-            time.sleep(0.2)
+        wait_until(lambda: {dict(ls)["version"] for n, ls in samples(scrape(url)) if n == "sodd_model_info"} == {"2"},
+                   10, interval=0.2, what="only version 2 in sodd_model_info")
         with Client(d.address, timeout=60) as client:
             assert client.detect(visdrone_image.read_bytes()).version == 2
         assert value(samples(scrape(url)), "sodd_requests_total", model="tiny", version="2", code="OK") == 1

@@ -7,7 +7,6 @@ import json
 import math
 import socket
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from sodd_client import Client
 
 from tests.conftest import Daemon, start_daemon
 from tests.metrics_helpers import metrics_url, prometheus_tool
+from tests.service_helpers import wait_until
 
 # The queries docs/metrics.md and the README give operators.
 P99_BY_MODEL = ("histogram_quantile(0.99, sum by (model, le) "
@@ -45,14 +45,18 @@ class Prometheus:
         return body["data"]["result"]
 
     def wait_for(self, promql: str, done: Callable[[list[dict[str, Any]]], bool], timeout: float = 30.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            result = self.query(promql)
-            if done(result):
-                return result
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{promql} gave {result} after {timeout} s\n{self.log_path.read_text()[-3000:]}")
-            time.sleep(0.25)
+        results: list[list[dict[str, Any]]] = []
+
+        def answered() -> bool:
+            results.append(self.query(promql))
+            return done(results[-1])
+
+        try:  # Prometheus scrapes every second: only asking again shows the next scrape
+            wait_until(answered, timeout, interval=0.25, what=promql)
+        except TimeoutError:
+            raise AssertionError(f"{promql} gave {results[-1]} after {timeout} s\n"
+                                 f"{self.log_path.read_text()[-3000:]}") from None
+        return results[-1]
 
 
 def by_label(result: list[dict[str, Any]], label: str) -> dict[str, float]:
@@ -84,17 +88,16 @@ def prometheus(daemon: Daemon, tmp_path: Path) -> Iterator[Prometheus]:
             stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     server = Prometheus(process, f"http://127.0.0.1:{port}", log_path)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{server.url}/-/ready", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"prometheus did not start:\n{log_path.read_text()}")
-            time.sleep(0.2)
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"prometheus exited:\n{log_path.read_text()}")
+            with urllib.request.urlopen(f"{server.url}/-/ready", timeout=2) as response:
+                return response.status == 200
+
+        try:
+            wait_until(ready, 30, interval=0.2, retry_on=(OSError,), what="prometheus ready")
+        except TimeoutError:
+            raise AssertionError(f"prometheus did not start:\n{log_path.read_text()}") from None
         yield server
     finally:
         process.terminate()

@@ -1,5 +1,6 @@
 """Metrics and log pieces that need no daemon: the listen address, the config checks, the log
-formats, and how stage times of a batch response become observations."""
+formats, how the detection core's report of a batch becomes observations, and how the interceptor
+ends refused, expired and cancelled calls."""
 
 from __future__ import annotations
 
@@ -10,11 +11,16 @@ import logging
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from sodd.config.schema import ModelConfig, ServeConfig
-from sodd.observability.logs import JsonFormatter, log_request, request_message, setup_logging
-from sodd.observability.metrics import Metrics, MetricsInterceptor, split_listen
+from sodd.observability.endpoint import split_listen
+from sodd.observability.logs import JsonFormatter, log_request, request_log, request_message, setup_logging
+from sodd.observability.metrics import Metrics
+from sodd.runtime.detection import Detections, DetectResult, StageTimes, report_of
+from sodd.serving.metrics_interceptor import MetricsInterceptor
 from sodd.v1 import detector_pb2 as pb
 from sodd.v1 import detector_pb2_grpc as pb_grpc
 
@@ -84,12 +90,11 @@ def test_json_lines_carry_the_fields_and_a_time_stamp() -> None:
 
 def test_batch_stages_per_request_and_per_image() -> None:
     metrics = Metrics()
-    interceptor = MetricsInterceptor(metrics, registry=None)  # type: ignore[arg-type]
-    labels = ("m", "1", "cpu")
-    results = [pb.DetectResponse(image_width=640, image_height=480, boxes=[pb.Box()] * n, timings=pb.StageTimings(
-        decode_seconds=0.004, preprocess_seconds=0.002, queue_seconds=0.001 * (i + 1), inference_seconds=0.05,
-        postprocess_seconds=0.0005)) for i, n in enumerate((3, 0))]
-    interceptor._record_results(labels, results)
+    images = [Detections(np.zeros((n, 4), np.float32), np.zeros(n, np.float32), np.zeros(n, np.int32), ("a",) * n,
+                         640, 480, 1, StageTimes(decode=0.004, preprocess=0.002, queue=0.001 * (i + 1), inference=0.05,
+                                                 postprocess=0.0005))
+              for i, n in enumerate((3, 0))]
+    metrics.detected(report_of(DetectResult("r", "m", 1, "cpu", images)))
     get = metrics.registry.get_sample_value
     stage = {"model": "m", "version": "1", "device": "cpu"}
     assert get("sodd_stage_duration_seconds_count", {**stage, "stage": "decode"}) == 1
@@ -98,6 +103,38 @@ def test_batch_stages_per_request_and_per_image() -> None:
     assert get("sodd_stage_duration_seconds_count", {**stage, "stage": "slicing"}) is None  # not used
     assert get("sodd_detections_per_image_sum", stage) == 3
     assert get("sodd_input_pixels_bucket", {**stage, "le": "310000.0"}) == 2  # VGA lands at 0.31 MP
+    metrics.batch_ran("m", 1, "cpu", 2)
+    assert get("sodd_batch_size_sum", stage) == 2
+
+
+def test_created_series_are_left_out_of_this_registry_only() -> None:
+    metrics = Metrics()
+    metrics.requests.labels("m", "1", "cpu", "Detect", "OK").inc()
+    assert b"_created" not in generate_latest(metrics.registry)
+    # prometheus-client's process-wide setting is untouched: other registries keep their `_created`.
+    other = CollectorRegistry()
+    Counter("other_requests", "A counter of another registry.", registry=other).inc()
+    assert b"other_requests_created" in generate_latest(other)
+
+
+class _RequestLines(logging.Handler):
+    """Sets `seen` once a request log line of `method` is written: the interceptor's last step."""
+
+    def __init__(self, method: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.method = method
+        self.seen = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "fields", {}).get("method") == self.method:
+            self.seen.set()
+
+    def __enter__(self) -> _RequestLines:
+        request_log.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        request_log.removeHandler(self)
 
 
 class _NoModels:
@@ -108,15 +145,23 @@ class _NoModels:
 
 
 class _Slow(pb_grpc.DetectorServicer):
+    """Answers only when its call ends: by its deadline, or by the client cancelling."""
+
     async def Detect(self, request: pb.DetectRequest, context: grpc.aio.ServicerContext) -> pb.DetectResponse:
-        await asyncio.sleep(5)
+        await asyncio.Event().wait()
         return pb.DetectResponse()
 
 
 class _SlowStream(pb_grpc.DetectorServicer):
+    """Takes a frame, says so with `taken`, and never answers it."""
+
+    def __init__(self) -> None:
+        self.taken = asyncio.Event()
+
     async def DetectStream(self, request_iterator, context):  # noqa: ANN001
         async for request in request_iterator:
-            await asyncio.sleep(5)
+            self.taken.set()
+            await asyncio.Event().wait()
             yield pb.DetectStreamResponse(request_id=request.request_id)
 
 
@@ -148,16 +193,18 @@ def test_refusals_and_deadlines_are_counted_with_their_code() -> None:
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 stub = pb_grpc.DetectorStub(channel)
-                for call in (stub.DetectBatch(pb.DetectBatchRequest(), timeout=5),
-                             stub.Detect(pb.DetectRequest(), timeout=0.2)):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.DetectBatch(pb.DetectBatchRequest(), timeout=5)
+                codes.append(err.value.code())
+                with _RequestLines("Detect") as expired:
                     with pytest.raises(grpc.aio.AioRpcError) as err:
-                        await call
+                        await stub.Detect(pb.DetectRequest(), timeout=0.2)
                     codes.append(err.value.code())
+                    await asyncio.wait_for(expired.seen.wait(), 10)  # the server side of the call has ended
                 with pytest.raises(grpc.aio.AioRpcError) as err:
                     async for _ in stub.DetectStream(iter([pb.DetectRequest()]), timeout=5):
                         pass
                 codes.append(err.value.code())
-            await asyncio.sleep(0.2)  # the server side of the expired call finishes
         finally:
             await server.stop(None)
         return tuple(codes)
@@ -177,16 +224,18 @@ def test_frames_of_a_cancelled_stream_count_as_cancelled() -> None:
 
     async def scenario() -> None:
         server = grpc.aio.server(interceptors=[MetricsInterceptor(metrics, _NoModels())])  # type: ignore[arg-type]
-        pb_grpc.add_DetectorServicer_to_server(_SlowStream(), server)
+        servicer = _SlowStream()
+        pb_grpc.add_DetectorServicer_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                call = pb_grpc.DetectorStub(channel).DetectStream(iter([pb.DetectRequest(), pb.DetectRequest()]))
-                await asyncio.sleep(0.5)
-                assert metrics.registry.get_sample_value("sodd_requests_in_flight", unknown) == 1
-                call.cancel()
-            await asyncio.sleep(0.3)
+            with _RequestLines("DetectStream") as ended:
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                    call = pb_grpc.DetectorStub(channel).DetectStream(iter([pb.DetectRequest(), pb.DetectRequest()]))
+                    await asyncio.wait_for(servicer.taken.wait(), 10)
+                    assert metrics.registry.get_sample_value("sodd_requests_in_flight", unknown) == 1
+                    call.cancel()
+                await asyncio.wait_for(ended.seen.wait(), 10)
         finally:
             await server.stop(None)
 

@@ -14,7 +14,8 @@ the same way everywhere. One request goes:
    and drop the decoded pixels;
 5. infer on the model's engine (`sodd.runtime.engine`), which the event loop only awaits;
 6. finish, on the inference thread that ran the last image (a sliced request, whose merging can be
-   long, on a worker thread): merge windows, threshold, clip, label, into `Detections`.
+   long, on a worker thread): merge windows, threshold, clip, label, into `Detections`, and tell the
+   observer what ran (`sodd.observability.reports`), there, before the caller has its answer.
 
 Nothing here knows gRPC or protobuf: the servicer converts at the edge, once.
 """
@@ -22,6 +23,7 @@ Nothing here knows gRPC or protobuf: the servicer converts at the edge, once.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
 import time
@@ -38,11 +40,13 @@ from sodd.model.imageinfo import ImageHeader, read_header
 from sodd.model.postprocess import Box, Threshold, finish, resolve_threshold
 from sodd.model.preprocess import Prepared, prepare
 from sodd.model.slicing import MAX_SLICES, SliceOptions, crop_count, crops_for, merge_crop_rows
+from sodd.observability.reports import DetectionObserver, DetectionReport, ImageReport
 from sodd.runtime.engine import Admission, ImageResult
 from sodd.runtime.heap import HeapTrimmer
 from sodd.runtime.registry import ModelRegistry, ServedModel
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 # After a request that carried this many bytes or pixels, give the freed heap back to the OS:
 # glibc keeps freed buffers in its heap, so a burst of big (even refused) requests would otherwise
 # leave the daemon at its peak resident size.
@@ -161,6 +165,17 @@ class DetectResult:
     images: list[Detections]
 
 
+def report_of(result: DetectResult) -> DetectionReport:
+    """What an observer is told of an answered request."""
+    first = result.images[0].timings if result.images else StageTimes()
+    return DetectionReport(
+        result.model, result.version, result.device, decode=first.decode, preprocess=first.preprocess,
+        images=tuple(ImageReport(detections=len(d), pixels=d.image_width * d.image_height, slices=d.slices,
+                                 queue=d.timings.queue, inference=d.timings.inference,
+                                 postprocess=d.timings.postprocess, slicing=d.timings.slicing,
+                                 merging=d.timings.merging) for d in result.images))
+
+
 @dataclass
 class _Plan:
     """A request between admission and its answer."""
@@ -228,14 +243,15 @@ def _decode(image: ImageInput, header: ImageHeader | None, limits: Limits) -> np
 
 class Detector:
     """Runs requests on the models of a registry, within `limits`, preparing on `workers` (needed
-    by the asynchronous `detect` only)."""
+    by the asynchronous `detect` only). Each answered request is reported to `observer`."""
 
     def __init__(self, registry: ModelRegistry, limits: Limits, workers: Executor | None,
-                 trimmer: HeapTrimmer | None = None) -> None:
+                 trimmer: HeapTrimmer | None = None, observer: DetectionObserver | None = None) -> None:
         self.registry = registry
         self.limits = limits
         self._workers = workers
         self._trimmer = trimmer
+        self._observer = observer
 
     # -- the two entry points ------------------------------------------------------------------
 
@@ -274,7 +290,9 @@ class Detector:
                 detections = self._finish(plan, options, results)
             finally:
                 plan.admission.release()
-        return DetectResult(request_id, served.name, served.version, served.device, detections)
+        result = DetectResult(request_id, served.name, served.version, served.device, detections)
+        self._report(result)
+        return result
 
     # -- the asynchronous path's steps, off the loop ------------------------------------------
 
@@ -331,7 +349,17 @@ class Detector:
         # The places go back before the answer does: a client that sends its next request as soon
         # as it has this answer must find them free (at max_pending it was refused otherwise).
         plan.admission.release()
+        if not flight.done.cancelled():  # nobody will have the answer: the caller counts a cancellation
+            self._report(result)
         flight.succeed(answer)
+
+    def _report(self, result: DetectResult) -> None:
+        if self._observer is None:
+            return
+        try:
+            self._observer.detected(report_of(result))
+        except Exception:  # an observer's bug must not turn an answer into an error
+            log.exception("reporting request %s to the observer failed", result.request_id)
 
     # -- steps ---------------------------------------------------------------------------------
 

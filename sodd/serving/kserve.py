@@ -19,9 +19,9 @@ A thin translator like sodd.serving.service: tensors and parameters in, the dete
 Tokens: the token check hands every call here with the caller's rights (sodd.serving.auth); model calls
 check them, and loading or unloading needs the manage right (without a tokens file: a local
 caller, as for LoadModel). Budgets: sodd.serving.budgets admits ModelInfer and ModelStreamInfer into the
-inference and per-client budgets before their request is read. Metrics: each request is counted in
-the sodd_* series with method ModelInfer or ModelStreamInfer, and ModelStatistics reads those same
-series.
+inference and per-client budgets before their request is read. Metrics: each request is counted and
+logged as a Detect is (sodd.observability.requests), with method ModelInfer or ModelStreamInfer; the
+detection core reports its stages and images itself; ModelStatistics reads those same series.
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ import numpy as np
 from sodd.errors import InvalidArgument, NotFound, PermissionDenied, SoddError
 from sodd.model.names import check_name
 from sodd.model.postprocess import Threshold
-from sodd.observability.logs import log_request, quote
-from sodd.observability.metrics import UNKNOWN, Metrics
+from sodd.observability.logs import quote
+from sodd.observability.metrics import UNKNOWN, UNKNOWN_MODEL, Metrics
+from sodd.observability.requests import RequestRecorder
 from sodd.oip import grpc_service_pb2 as pb
 from sodd.oip import grpc_service_pb2_grpc as pb_grpc
 from sodd.runtime.detection import SLICING_FIELDS, DetectOptions, Detector, DetectResult, ImageInput, SlicingRequest
@@ -363,6 +364,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self._registry: ModelRegistry = detector.registry
         self._manager = manager
         self._metrics = metrics
+        self._requests = RequestRecorder(metrics)
         self._ready = ready
         self._stopping = stopping
         self._local_manage_only = local_manage_only
@@ -452,39 +454,35 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, method: str, request: pb.ModelInferRequest,
                      remaining: float | None) -> tuple[pb.ModelInferResponse | None, grpc.StatusCode, str]:
         """One request through the detection core: (response, OK, "") or (None, code, message)."""
-        started = time.perf_counter()
-        labels = self._labels(request)
-        request_id = request.id
-        result: DetectResult | None = None
-        code, message = grpc.StatusCode.OK, ""
-        if self._metrics is not None:
-            self._metrics.in_flight.labels(*labels).inc()
+        record = self._requests.begin(method, self._labels(request), request.id)
         try:
             if request.ByteSize() >= PARSE_OFF_LOOP_BYTES:
                 call = await asyncio.to_thread(read_infer_request, request)
             else:
                 call = read_infer_request(request)
-            request_id = call.request_id
+            record.request_id = call.request_id
             model = call.model or self._registry.default_name or ""
             if not caller_rights().may_use(model):
                 raise PermissionDenied(f"this token has no right to model {quote(model)}")
             deadline = None if remaining is None else time.monotonic() + remaining
             options = DetectOptions(call.options.threshold, call.options.max_detections, call.options.slicing,
                                     deadline)
-            result = await self._detector.detect(call.model, call.version, call.images, options, request_id)
-            response = infer_response(result, request_id, call.outputs)
-            return response, code, message
+            result = await self._detector.detect(call.model, call.version, call.images, options, call.request_id)
+            response = infer_response(result, call.request_id, call.outputs)
+            record.answered((result.model, str(result.version), result.device), len(result.images),
+                            sum(len(d) for d in result.images))
+            return response, record.code, ""
         except SoddError as exc:
-            code, message = exc.code, exc.message
+            record.code, record.error = exc.code, exc.message
         except asyncio.CancelledError:
-            code, message = grpc.StatusCode.CANCELLED, "cancelled"
+            record.code, record.error, record.cause = grpc.StatusCode.CANCELLED, "cancelled", "client"
             raise
         except Exception as exc:  # noqa: BLE001 - a failing backend must not take the daemon down
-            log.exception("%s request_id=%s failed", method, request_id)
-            code, message = grpc.StatusCode.INTERNAL, f"{method} failed: {type(exc).__name__}: {exc}"
+            log.exception("%s request_id=%s failed", method, record.request_id)
+            record.code, record.error = grpc.StatusCode.INTERNAL, f"{method} failed: {type(exc).__name__}: {exc}"
         finally:
-            self._record(method, labels, result, code, message, request_id, time.perf_counter() - started)
-        return None, code, message
+            self._requests.finish(record)
+        return None, record.code, record.error
 
     def _labels(self, request: pb.ModelInferRequest) -> tuple[str, str, str]:
         """Metric labels of the model the request will run on; never a client-chosen name."""
@@ -492,39 +490,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             served = self._registry.get(request.model_name, parse_version(request.model_version))
             return served.name, str(served.version), served.device
         except Exception:  # noqa: BLE001 - not served: the answer says NOT_FOUND
-            return UNKNOWN, UNKNOWN, UNKNOWN
-
-    def _record(self, method: str, before: tuple[str, str, str], result: DetectResult | None,
-                code: grpc.StatusCode, message: str, request_id: str, seconds: float) -> None:
-        """Count and log one request as MetricsInterceptor does for Detect; `before` are the labels
-        the in-flight gauge was raised with, the result names what actually ran."""
-        labels = (result.model, str(result.version), result.device) if result is not None else before
-        try:
-            if self._metrics is not None:
-                m = self._metrics
-                m.in_flight.labels(*before).dec()
-                m.requests.labels(*labels, method, code.name).inc()
-                m.request_duration.labels(*labels, method, code.name).observe(seconds)
-                if code is grpc.StatusCode.CANCELLED:
-                    m.cancelled.labels(method, "client").inc()
-                for index, d in enumerate(result.images if result is not None else []):
-                    t = d.timings
-                    m.detections.labels(*labels).observe(len(d))
-                    m.input_pixels.labels(*labels).observe(d.image_width * d.image_height)
-                    m.slices.labels(*labels).observe(max(d.slices, 1))
-                    stages = {"queue_wait": t.queue, "inference": t.inference, "postprocess": t.postprocess,
-                              "slicing": t.slicing, "merging": t.merging}
-                    if index == 0:  # once per request, as for Detect
-                        stages.update(decode=t.decode, preprocess=t.preprocess)
-                    for stage, value in stages.items():
-                        if (value or stage not in ("slicing", "merging")) and math.isfinite(value) and value >= 0:
-                            m.stage_duration.labels(*labels, stage).observe(value)
-        except Exception:  # a metrics bug must not turn an answer into an error
-            log.exception("recording metrics for %s failed", method)
-        images = result.images if result is not None else []
-        log_request({"method": method, "request_id": request_id, "model": labels[0], "version": labels[1],
-                     "device": labels[2], "code": code.name, "latency_seconds": seconds, "images": len(images),
-                     "detections": sum(len(d) for d in images), **({"error": message} if message else {})})
+            return UNKNOWN_MODEL
 
     # -- statistics and repository ---------------------------------------------------------------
 

@@ -19,12 +19,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from sodd.config.schema import ServeConfig
-from sodd.observability.metrics import Metrics, MetricsEndpoint, MetricsInterceptor
+from sodd.observability.endpoint import MetricsEndpoint
+from sodd.observability.metrics import Metrics
 from sodd.oip import grpc_service_pb2 as oip_pb2
 from sodd.oip import grpc_service_pb2_grpc as oip_pb2_grpc
-from sodd.plugins.protocol import discover_plugins
+from sodd.plugins.discovery import discover_plugins
 from sodd.runtime.manager import ModelManager
 from sodd.runtime.registry import ModelEvent, ModelRegistry
+from sodd.runtime.served_metrics import watch_models
 from sodd.runtime.tasks import TaskSet
 from sodd.serving.auth import is_local_peer
 from sodd.serving.budgets import BudgetInterceptor, grpc_ceiling
@@ -33,6 +35,7 @@ from sodd.serving.health import HealthServicer
 from sodd.serving.kserve import InferenceService
 from sodd.serving.lifecycle import ReloadCallback, catch_signals, run_until_stopped, start_watchdog
 from sodd.serving.listeners import add_listeners
+from sodd.serving.metrics_interceptor import MetricsInterceptor
 from sodd.serving.reflection import enable_reflection
 from sodd.serving.sdnotify import Notifier
 from sodd.serving.service import DetectorService
@@ -49,9 +52,10 @@ def create_registry(config: ServeConfig, metrics: Metrics | None = None) -> Mode
     for problem in problems:
         log.warning("hardware plugin %s is not usable: %s", problem.name, problem.reason)
     registry = ModelRegistry(plugins, max_pending=config.max_pending, cpu_threads=config.cpu_threads,
-                             plugin_problems=problems, max_input_pixels=config.max_model_input_pixels)
+                             plugin_problems=problems, max_input_pixels=config.max_model_input_pixels,
+                             observer=metrics)
     if metrics is not None:
-        metrics.watch(registry)
+        watch_models(metrics, registry)
     return registry
 
 
@@ -193,7 +197,7 @@ class Daemon:
         interceptors: list[grpc.aio.ServerInterceptor] = [budgets, observer, draining, access]
         self.server = server = grpc.aio.server(interceptors=interceptors, maximum_concurrent_rpcs=grpc_ceiling(config),
                                                options=server_options(config))
-        service = DetectorService(config, registry, manager)
+        service = DetectorService(config, registry, manager, observer=metrics)
         stack.callback(service.close)
         detector_pb2_grpc.add_DetectorServicer_to_server(service, server)
 

@@ -23,6 +23,7 @@ from sodd.errors import InvalidArgument, NotFound, PermissionDenied, SoddError
 from sodd.model.names import check_name
 from sodd.model.postprocess import Threshold, resolve_threshold
 from sodd.observability.logs import quote
+from sodd.observability.reports import DetectionObserver
 from sodd.runtime.detection import (
     SLICING_FIELDS,
     Detections,
@@ -155,15 +156,18 @@ class DetectorService(pb_grpc.DetectorServicer):
     # PERMISSION_DENIED answer; the stream and the frames around it go on (sodd.serving.auth).
     CHECKS_STREAM_FRAME_RIGHTS = True
 
-    def __init__(self, config: ServeConfig, registry: ModelRegistry, manager: ModelManager) -> None:
+    def __init__(self, config: ServeConfig, registry: ModelRegistry, manager: ModelManager,
+                 observer: DetectionObserver | None = None) -> None:
         self._config = config
         self._registry = registry
         self._manager = manager
         self._open_streams = 0
         self._workers = ThreadPoolExecutor(config.preprocess_workers, thread_name_prefix="prep")
         self._trimmer = HeapTrimmer()
+        # `observer` (the daemon's metrics) is told what each answered request ran, by the core itself.
         self.detector = Detector(registry, Limits(config.max_pixels, config.max_request_pixels,
-                                                  config.max_request_images), self._workers, self._trimmer)
+                                                  config.max_request_images), self._workers, self._trimmer,
+                                 observer)
 
     async def _in_worker(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._workers, fn, *args)
