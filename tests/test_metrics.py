@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sodd_client import Client
 
 from sodd.v1 import detector_pb2 as pb
@@ -107,6 +108,30 @@ def test_one_log_line_per_request(daemon: Daemon, traffic: dict[str, str]) -> No
     assert (by_id["ok-1"]["model"], by_id["ok-1"]["version"], by_id["ok-1"]["device"]) == ("tiny", "1", "cpu")
     assert "image.encoded" in by_id["bad-image"]["error"]
     assert by_id["bad-model"]["model"] == "unknown"
+
+
+def test_every_grpc_method_has_its_codes_and_latency(daemon: Daemon, traffic: dict[str, str]) -> None:
+    """Not only detection: listings, health checks and watches count too, under their full method name."""
+    url = metrics_url(daemon)
+    calls = "sodd_grpc_calls_total"
+    before = samples(scrape(url))
+    with grpc.insecure_channel(daemon.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        assert health.Check(health_pb2.HealthCheckRequest(service="")).status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as missing:
+            health.Check(health_pb2.HealthCheckRequest(service="no-such-service"))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        pb_grpc.DetectorStub(channel).ListModels(pb.ListModelsRequest())
+    after = samples(scrape(url))
+    check = "/grpc.health.v1.Health/Check"
+    listing = "/sodd.v1.Detector/ListModels"
+    for method, code in ((check, "OK"), (check, "NOT_FOUND"), (listing, "OK")):
+        assert value(after, calls, grpc_method=method, code=code) == value(before, calls, grpc_method=method,
+                                                                            code=code) + 1, (method, code)
+    assert value(after, "sodd_grpc_call_duration_seconds_count", grpc_method=listing) >= 1
+    # The detection traffic is there as well, beside its per-model series.
+    assert value(after, calls, grpc_method="/sodd.v1.Detector/Detect", code="NOT_FOUND") == 1
+    assert value(after, calls, grpc_method="/sodd.v1.Detector/Detect", code="OK") == 2
 
 
 def test_stream_frames_count_one_by_one(daemon: Daemon, visdrone_image: Path) -> None:

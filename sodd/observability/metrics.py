@@ -144,6 +144,13 @@ class Metrics:
         for method in DETECTION_METHODS:
             for cause in CANCEL_CAUSES:
                 self.cancelled.labels(method, cause)
+        # Every gRPC method, detection or not: management, listings, health, reflection, KServe.
+        self.calls = self._add(Counter(
+            "sodd_grpc_calls", "gRPC calls ended, by full method name and status code (including calls "
+            "refused before their request was read).", ("grpc_method", "code"), registry=None))
+        self.call_duration = self._add(Histogram(
+            "sodd_grpc_call_duration_seconds", "Time from a gRPC call's start to its end (a stream's whole "
+            "life), by full method name.", ("grpc_method",), buckets=LATENCY_BUCKETS, registry=None))
         self.watch_failures = self._add(Counter(
             "sodd_model_watch_failures", "Times the model-directory watcher failed (it retries with backoff).",
             registry=None))

@@ -1,5 +1,6 @@
-"""The gRPC interceptor that gives each sodd.v1 detection request its id and its end: status code,
-latency, cancellation cause and request log line (through sodd.observability.requests).
+"""The gRPC interceptor: every call's status code and latency, and each sodd.v1 detection request's
+id and end (status code, latency, cancellation cause and request log line, through
+sodd.observability.requests).
 
 What ran inside a request (stages, images, pixels, slices, batches) is reported by the detection
 core itself to its observer; this only sees calls from outside, including those another
@@ -69,14 +70,87 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: Metrics | None, registry: ModelRegistry,
                  shutting_down: Callable[[], bool] = lambda: False) -> None:
         self._requests = RequestRecorder(metrics)
+        self._metrics = metrics
         self._registry = registry
         self._shutting_down = shutting_down
 
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                                 handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None:
+        if handler is None:  # an unknown method: grpc answers UNIMPLEMENTED without a handler
             return handler
+        return self._counted(handler_call_details.method, self._detection(handler_call_details, handler))
+
+    def _count_call(self, method: str, code: grpc.StatusCode, started: float) -> None:
+        if self._metrics is not None:
+            self._metrics.calls.labels(method, code.name).inc()
+            self._metrics.call_duration.labels(method).observe(time.perf_counter() - started)
+
+    def _counted(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The same handler, its end counted under `method`: code and latency, for every kind of call."""
+        ends = self._count_call
+        failed = self._failed_code
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext, behaviour: Callable[..., Any]) -> Any:
+            started, code = time.perf_counter(), grpc.StatusCode.UNKNOWN
+            try:
+                result = behaviour(request, context)
+                response = await result if inspect.isawaitable(result) else result
+                code = context.code() or grpc.StatusCode.OK
+                return response
+            except BaseException as exc:
+                code = failed(exc, context)
+                raise
+            finally:
+                ends(method, code, started)
+
+        async def streaming(request: Any, context: grpc.aio.ServicerContext,
+                            behaviour: Callable[..., Any]) -> AsyncIterator[Any]:
+            started, code = time.perf_counter(), grpc.StatusCode.UNKNOWN
+            try:
+                result = behaviour(request, context)
+                if hasattr(result, "__aiter__"):
+                    async for answer in result:
+                        yield answer
+                elif inspect.isawaitable(result):
+                    await result  # a handler that answers through context.write
+                code = context.code() or grpc.StatusCode.OK
+            except BaseException as exc:
+                code = failed(exc, context)
+                raise
+            finally:
+                ends(method, code, started)
+
+        kinds = {"unary_unary": (unary, grpc.unary_unary_rpc_method_handler),
+                 "stream_unary": (unary, grpc.stream_unary_rpc_method_handler),
+                 "unary_stream": (streaming, grpc.unary_stream_rpc_method_handler),
+                 "stream_stream": (streaming, grpc.stream_stream_rpc_method_handler)}
+        for kind, (wrapper, make) in kinds.items():
+            behaviour = getattr(handler, kind)
+            if behaviour is not None:
+                # grpc.aio tells streaming handlers apart by being async generator functions, so the
+                # wrapper keeps the kind of the original.
+                if wrapper is streaming:
+                    async def call(request: Any, context: grpc.aio.ServicerContext,
+                                   behaviour: Callable[..., Any] = behaviour) -> AsyncIterator[Any]:
+                        async for answer in streaming(request, context, behaviour):
+                            yield answer
+                else:
+                    async def call(request: Any, context: grpc.aio.ServicerContext,
+                                   behaviour: Callable[..., Any] = behaviour) -> Any:
+                        return await unary(request, context, behaviour)
+                return make(call, request_deserializer=handler.request_deserializer,
+                            response_serializer=handler.response_serializer)
+        return handler
+
+    def _failed_code(self, exc: BaseException, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+        record = RequestRecord("")
+        self._failed(exc, context, record)
+        return record.code
+
+    def _detection(self, handler_call_details: grpc.HandlerCallDetails,
+                   handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """Detection calls also get a request id and a request record; others pass unchanged."""
         method = UNARY_METHODS.get(handler_call_details.method)
         if method is not None and handler.unary_unary is not None:
             unary = handler.unary_unary
@@ -101,8 +175,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
     def record_refusal(self, method: str, code: grpc.StatusCode, details: str) -> None:
-        """A detection call refused before its request was read (call budgets, body deadline): counted
-        and logged like an answered one, under unknown model labels."""
+        """A call refused before its request was read (call budgets, body deadline): counted, and a
+        detection call also logged like an answered one, under unknown model labels."""
+        self._count_call(method, code, time.perf_counter())
         name = method_name(method)
         if name is None:
             log.debug("%s refused: %s %s", method, code.name, details)
