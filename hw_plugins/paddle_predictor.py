@@ -1,11 +1,14 @@
 """A Paddle Inference predictor behind the plugin interface, for the plugins that build a
-`paddle.inference.Config` of their own (gpu, npu): they differ in the config, not in running it."""
+`paddle.inference.Config` of their own (cpu, gpu, npu): they differ in the config, not in running it."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import ModuleType
 
 import numpy as np
+
+from sodd.plugins.protocol import DeviceInfo
 
 
 class PaddlePredictor:
@@ -48,3 +51,36 @@ def device_index(device: str) -> int:
     """`gpu` -> 0, `gpu:3` -> 3: a bare type means its first device."""
     _, _, index = device.partition(":")
     return int(index) if index else 0
+
+
+def paddlex_switches(config: object) -> object:
+    """Set the switches PaddleX 3.7.2 sets on every device (new IR and executor, optimisation
+    level 3, memory optimisation, no glog output) after the device's own; returns `config`."""
+    config.enable_new_ir(True)
+    config.enable_new_executor()
+    config.set_optimization_level(3)
+    config.enable_memory_optim()
+    config.disable_glog_info()
+    return config
+
+
+class PaddleDevicePlugin:
+    """What the gpu and npu plugins share: their devices exist only where paddle imports, and they
+    hold nothing plugin-wide. Subclasses set `name` (the device reported when paddle is missing)
+    and `device_types`, and implement `probe_paddle` and `load`."""
+
+    name: str
+
+    def probe(self) -> list[DeviceInfo]:
+        try:
+            import paddle
+        except Exception as exc:  # noqa: BLE001 - any import failure makes the device unavailable
+            return [DeviceInfo(self.name, False, f"paddlepaddle is not importable: {type(exc).__name__}: {exc}")]
+        return self.probe_paddle(paddle)
+
+    def probe_paddle(self, paddle: ModuleType) -> list[DeviceInfo]:
+        """The devices, once paddle imports."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass

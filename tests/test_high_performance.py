@@ -129,20 +129,24 @@ def synthetic_bgr() -> list[np.ndarray]:
     return [render_image(np.random.default_rng([5, i]), SynthConfig(image_size=(256, 256)))[0] for i in range(2)]
 
 
-def check_agreement(reference: list[np.ndarray], rows: list[np.ndarray], tolerance: Tolerance, what: str) -> None:
+def agreeing_rows(name: str, options: Mapping[str, str], model_dir: Path, images: list[np.ndarray],
+                  cache: Path, tolerance: Tolerance, what: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Paddle Inference fp32's rows on the CPU (the reference) and backend `name`'s with `options`,
+    on the same images, after checking that they agree within `tolerance`."""
+    reference = rows_on(load("cpu", model_dir, cache), model_dir, images)
+    rows = rows_on(load(name, model_dir, cache, **options), model_dir, images)
     result = agreement(reference, rows, tolerance)
     assert result.checked > 0, f"{what}: no boxes to compare"
     assert result.fraction >= tolerance.min_matched, f"{what}: {result} ({tolerance.describe()})"
+    return reference, rows
 
 
 @needs_onnx
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
 def test_real_picodet_boxes_agree_with_paddle_fp32_on_real_images(
         backend: str, picodet_dir: Path, real_bgr: list[np.ndarray], onnx_cache: Path) -> None:
-    reference = rows_on(load("cpu", picodet_dir, onnx_cache), picodet_dir, real_bgr)
-    name, options = BACKENDS[backend]
-    rows = rows_on(load(name, picodet_dir, onnx_cache, **options), picodet_dir, real_bgr)
-    check_agreement(reference, rows, Tolerance(), f"{backend} on PicoDet-XS")
+    reference, rows = agreeing_rows(*BACKENDS[backend], picodet_dir, real_bgr, onnx_cache, Tolerance(),
+                                    f"{backend} on PicoDet-XS")
     # Stricter than the stated tolerance: fp32 backends give Paddle's rows, in Paddle's order.
     for ref, got in zip(reference, rows, strict=True):
         assert got.shape == ref.shape and np.array_equal(got[:, 0], ref[:, 0])
@@ -153,10 +157,8 @@ def test_real_picodet_boxes_agree_with_paddle_fp32_on_real_images(
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
 def test_sod_architecture_boxes_agree_with_paddle_fp32(
         backend: str, sod_model_dir: Path, synthetic_bgr: list[np.ndarray], onnx_cache: Path) -> None:
-    reference = rows_on(load("cpu", sod_model_dir, onnx_cache), sod_model_dir, synthetic_bgr)
-    name, options = BACKENDS[backend]
-    rows = rows_on(load(name, sod_model_dir, onnx_cache, **options), sod_model_dir, synthetic_bgr)
-    check_agreement(reference, rows, Tolerance(), f"{backend} on the SOD architecture")
+    agreeing_rows(*BACKENDS[backend], sod_model_dir, synthetic_bgr, onnx_cache, Tolerance(),
+                  f"{backend} on the SOD architecture")
 
 
 @pytest.mark.parametrize("backend", ["cpu?precision=bf16", "openvino?precision=bf16"])
@@ -166,10 +168,8 @@ def test_bf16_backends_agree_only_within_the_bf16_tolerance(
     selection rejects it) and meets the looser one stated for bf16."""
     if backend.startswith("openvino") and importlib.util.find_spec("openvino") is None:
         pytest.skip("openvino is not installed")
-    reference = rows_on(load("cpu", picodet_dir, onnx_cache), picodet_dir, real_bgr)
-    name = backend.split("?")[0]
-    rows = rows_on(load(name, picodet_dir, onnx_cache, precision="bf16"), picodet_dir, real_bgr)
-    check_agreement(reference, rows, BF16_TOLERANCE, f"{backend} on PicoDet-XS")
+    reference, rows = agreeing_rows(backend.split("?")[0], {"precision": "bf16"}, picodet_dir, real_bgr, onnx_cache,
+                                    BF16_TOLERANCE, f"{backend} on PicoDet-XS")
     assert agreement(reference, rows, Tolerance()).fraction < Tolerance().min_matched
 
 

@@ -20,11 +20,8 @@ from __future__ import annotations
 import logging
 import platform
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
@@ -32,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from hw_plugins.artifact_cache import content_key, default_cache_root, publish, staging_dir
+from hw_plugins.tool_process import run_tool
 from sodd.errors import FailedPrecondition
 from sodd.model.modeldir import ModelDir
 from sodd.model.pipeline import has_detector_outputs
@@ -232,21 +230,12 @@ def _no_boxes_as_empty(outputs: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def _run_tool(args: list[str], what: str, timeout: float = CONVERT_TIMEOUT_S) -> float:
-    started = time.perf_counter()
-    try:
-        result = subprocess.run([sys.executable, "-m", _TOOL, *args], capture_output=True, text=True,
-                                timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        raise RuntimeError(f"Paddle Lite {what} took longer than {timeout:.0f} s") from exc
-    if result.returncode != 0:
-        tail = (result.stdout + result.stderr).strip()[-1500:]
-        if result.returncode < 0:
-            crash = signal.Signals(-result.returncode).name
-            raise RuntimeError(f"Paddle Lite crashed ({crash}) during {what}; Lite 2.13 does so on programs with "
-                               f"ops it cannot handle (e.g. flatten_contiguous_range) and on a .nb built for "
-                               f"another target. Output: {tail}")
-        raise RuntimeError(f"Paddle Lite {what} failed (exit {result.returncode}): {tail}")
-    return time.perf_counter() - started
+    def crashed(signal_name: str, tail: str) -> str:
+        return (f"Paddle Lite crashed ({signal_name}) during {what}; Lite 2.13 does so on programs with "
+                f"ops it cannot handle (e.g. flatten_contiguous_range) and on a .nb built for "
+                f"another target. Output: {tail}")
+
+    return run_tool(_TOOL, args, f"Paddle Lite {what}", timeout, crashed)
 
 
 class ArmLitePlugin:

@@ -22,7 +22,7 @@ from types import ModuleType
 
 import numpy as np
 
-from hw_plugins.paddle_predictor import PaddlePredictor
+from hw_plugins.paddle_predictor import PaddlePredictor, paddlex_switches
 from sodd.errors import FailedPrecondition, InvalidArgument
 from sodd.model.modeldir import ModelDir
 from sodd.plugins.options import Option, OptionSchema
@@ -95,12 +95,7 @@ def cpu_config(model: ModelDir, threads: int, onednn: bool, precision: str = "fp
     else:
         config.disable_mkldnn()
     config.set_cpu_math_library_num_threads(threads)
-    config.enable_new_ir(True)
-    config.enable_new_executor()
-    config.set_optimization_level(3)
-    config.enable_memory_optim()
-    config.disable_glog_info()
-    return config
+    return paddlex_switches(config)
 
 
 def smoke_inputs(model: ModelDir, input_names: tuple[str, ...]) -> dict[str, np.ndarray]:

@@ -17,9 +17,10 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 
 from hw_plugins.artifact_cache import content_key, default_cache_root, staging_dir
-from hw_plugins.paddle_predictor import PaddlePredictor, device_index
+from hw_plugins.paddle_predictor import PaddleDevicePlugin, PaddlePredictor, device_index, paddlex_switches
 from sodd.errors import FailedPrecondition
 from sodd.model.modeldir import ModelDir
 from sodd.plugins.options import Option, OptionSchema
@@ -76,15 +77,11 @@ def shapes_for(shapes: Shapes, names: list[str], model: ModelDir) -> Shapes:
     return {n: shapes[n] for n in names}
 
 
-class GpuPlugin:
+class GpuPlugin(PaddleDevicePlugin):
     name = "gpu"
     device_types = ("gpu",)
 
-    def probe(self) -> list[DeviceInfo]:
-        try:
-            import paddle
-        except Exception as exc:  # noqa: BLE001 - any import failure makes the device unavailable
-            return [DeviceInfo("gpu", False, f"paddlepaddle is not importable: {type(exc).__name__}: {exc}")]
+    def probe_paddle(self, paddle: ModuleType) -> list[DeviceInfo]:
         if not paddle.device.is_compiled_with_cuda():
             return [DeviceInfo("gpu", False, f"this paddle build ({paddle.__version__}) has no CUDA; "
                                              "install a paddlepaddle-gpu build", {"paddle": paddle.__version__})]
@@ -133,12 +130,7 @@ class GpuPlugin:
 
         config = inference.Config(str(model_file), str(params_file))
         config.enable_use_gpu(pool_mb, gpu_id)
-        config.enable_new_ir(True)
-        config.enable_new_executor()
-        config.set_optimization_level(3)
-        config.enable_memory_optim()
-        config.disable_glog_info()
-        return config
+        return paddlex_switches(config)
 
     @staticmethod
     def _legacy_trt_config(model: ModelDir, mode: str, shapes: Shapes, pool_mb: int, gpu_id: int,
@@ -201,6 +193,3 @@ class GpuPlugin:
                     # another load published the same key first: its files are as good as ours
             log.info("model %s: TensorRT %s program cached in %s", model.path, mode, final)
         return final / "model.json", final / "model.pdiparams"
-
-    def close(self) -> None:
-        pass

@@ -9,8 +9,9 @@ run path is untested on hardware.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import ModuleType
 
-from hw_plugins.paddle_predictor import PaddlePredictor, device_index
+from hw_plugins.paddle_predictor import PaddleDevicePlugin, PaddlePredictor, device_index
 from sodd.errors import FailedPrecondition
 from sodd.model.modeldir import ModelDir
 from sodd.plugins.options import Option, OptionSchema
@@ -35,15 +36,11 @@ def custom_devices() -> tuple[list[str], dict[int, list[str]]]:
     return types, by_index
 
 
-class NpuPlugin:
+class NpuPlugin(PaddleDevicePlugin):
     name = "npu"
     device_types = ("npu",)
 
-    def probe(self) -> list[DeviceInfo]:
-        try:
-            import paddle
-        except Exception as exc:  # noqa: BLE001 - any import failure makes the device unavailable
-            return [DeviceInfo("npu", False, f"paddlepaddle is not importable: {type(exc).__name__}: {exc}")]
+    def probe_paddle(self, paddle: ModuleType) -> list[DeviceInfo]:
         facts = {"paddle": paddle.__version__}
         types, by_index = custom_devices()
         if not types:
@@ -73,6 +70,3 @@ class NpuPlugin:
         config.enable_memory_optim()
         config.disable_glog_info()
         return PaddlePredictor(config, f"Paddle CustomDevice {kind}:{index}")
-
-    def close(self) -> None:
-        pass

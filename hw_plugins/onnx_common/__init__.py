@@ -14,20 +14,22 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
-import time
+import os
+import platform
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
 from hw_plugins.artifact_cache import content_key, default_cache_root, publish, staging_dir
+from hw_plugins.tool_process import run_tool
 from sodd.errors import FailedPrecondition
 from sodd.model.modeldir import ModelDir
 from sodd.model.nms import NmsParams, multiclass_nms
+from sodd.plugins.protocol import DeviceInfo
 
 log = logging.getLogger(__name__)
 
@@ -150,23 +152,10 @@ def onnx_program(model: ModelDir, cache_dir: Path) -> OnnxProgram:
         staged = staging / "model.onnx"
         args = ["cut" if ready.is_file() else "convert", str(staged), str(OPSET), "1" if nms else "0"]
         args += [str(ready)] if ready.is_file() else [str(model.model_file), str(model.params_file)]
-        seconds = _run_tool(args, f"ONNX {origin} of {model.path}")
+        seconds = run_tool(_TOOL, args, f"ONNX {origin} of {model.path}", CONVERT_TIMEOUT_S)
         publish(staged, cached)
     log.info("model %s: %s in %.1f s, cached as %s", model.path, origin, seconds, cached)
     return OnnxProgram(cached, nms, f"{origin} in {seconds:.1f} s, cut before NMS, cached ({cached})")
-
-
-def _run_tool(args: list[str], what: str) -> float:
-    started = time.perf_counter()
-    try:
-        result = subprocess.run([sys.executable, "-m", _TOOL, *args], capture_output=True, text=True,
-                                timeout=CONVERT_TIMEOUT_S)
-    except subprocess.TimeoutExpired as exc:
-        raise RuntimeError(f"{what} took longer than {CONVERT_TIMEOUT_S} s") from exc
-    if result.returncode != 0:
-        tail = (result.stdout + result.stderr).strip()[-1500:]
-        raise RuntimeError(f"{what} failed (exit {result.returncode}): {tail}")
-    return time.perf_counter() - started
 
 
 def finish_outputs(outputs: list[np.ndarray], nms: NmsParams | None) -> list[np.ndarray]:
@@ -209,3 +198,32 @@ class CutGraphPredictor:
         else:
             outputs = self._run_graph(feeds)
         return finish_outputs(outputs, self._nms)
+
+
+class CutGraphPlugin:
+    """What the ONNX Runtime and OpenVINO plugins share: a device that exists where its runtime
+    imports, listed with the runtime's and the converter's versions, and nothing plugin-wide to
+    close. Subclasses set `name` (also the runtime's package name) and `device_types`, and
+    implement `_import_runtime`, `_probe_runtime` and `load`."""
+
+    name: str
+
+    def _import_runtime(self) -> ModuleType:
+        raise NotImplementedError
+
+    def _probe_runtime(self, runtime: ModuleType, facts: dict[str, str]) -> list[DeviceInfo]:
+        """The device, once the runtime imports; `facts` already holds what every such device lists."""
+        raise NotImplementedError
+
+    def probe(self) -> list[DeviceInfo]:
+        facts = {"machine": platform.machine(), "arch": platform.machine()}
+        try:
+            runtime = self._import_runtime()
+        except Exception as exc:  # noqa: BLE001 - any import failure makes the device unavailable
+            return [DeviceInfo(self.name, False, f"{self.name} is not importable: {exc}", facts)]
+        facts.update({self.name: package_version(self.name)}, paddle2onnx=paddle2onnx_fact(),
+                     cores=str(os.cpu_count()))
+        return self._probe_runtime(runtime, facts)
+
+    def close(self) -> None:
+        pass

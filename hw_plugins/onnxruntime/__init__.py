@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import copy
 import os
-import platform
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
 from hw_plugins.onnx_common import (
+    CutGraphPlugin,
     CutGraphPredictor,
     OnnxProgram,
     batch_of_one,
     default_onnx_cache,
     onnx_program,
     package_version,
-    paddle2onnx_fact,
 )
 from sodd.model.modeldir import ModelDir
 from sodd.plugins.options import Option, OptionSchema
@@ -67,24 +67,20 @@ class OrtPredictor(CutGraphPredictor):
         self._session = None
 
 
-class OnnxRuntimePlugin:
+class OnnxRuntimePlugin(CutGraphPlugin):
     name = "onnxruntime"
     device_types = ("onnxruntime",)
 
-    def probe(self) -> list[DeviceInfo]:
-        facts = {"machine": platform.machine(), "arch": platform.machine()}
-        try:
-            import onnxruntime
-        except Exception as exc:  # noqa: BLE001 - any import failure makes the device unavailable
-            return [DeviceInfo("onnxruntime", False, f"onnxruntime is not importable: {exc}", facts)]
-        facts.update(onnxruntime=package_version("onnxruntime"), paddle2onnx=paddle2onnx_fact(),
-                     cores=str(os.cpu_count()), providers=",".join(onnxruntime.get_available_providers()))
+    def _import_runtime(self) -> ModuleType:
+        import onnxruntime
+
+        return onnxruntime
+
+    def _probe_runtime(self, runtime: ModuleType, facts: dict[str, str]) -> list[DeviceInfo]:
+        facts["providers"] = ",".join(runtime.get_available_providers())
         return [DeviceInfo("onnxruntime", True, "", facts)]
 
     def load(self, model: ModelDir, device: str, options: Mapping[str, str]) -> OrtPredictor:
         parsed = OPTIONS.parse(device, options)
         cache_dir = parsed["cache_dir"] or default_onnx_cache()
         return OrtPredictor(onnx_program(model, cache_dir), parsed["threads"] or os.cpu_count() or 1)
-
-    def close(self) -> None:
-        pass

@@ -8,7 +8,6 @@ CPUs with AMX, OpenVINO runs bf16 unless told otherwise, and its outputs then dr
 from __future__ import annotations
 
 import os
-import platform
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +16,7 @@ from types import ModuleType
 import numpy as np
 
 from hw_plugins.onnx_common import (
+    CutGraphPlugin,
     CutGraphPredictor,
     OnnxProgram,
     batch_of_one,
@@ -24,7 +24,6 @@ from hw_plugins.onnx_common import (
     nms_params,
     onnx_program,
     package_version,
-    paddle2onnx_fact,
 )
 from sodd.errors import FailedPrecondition
 from sodd.model.int8 import INT8_XML
@@ -109,18 +108,14 @@ class OpenVinoPredictor(CutGraphPredictor):
         self._compiled = None
 
 
-class OpenVinoPlugin:
+class OpenVinoPlugin(CutGraphPlugin):
     name = "openvino"
     device_types = ("openvino",)
 
-    def probe(self) -> list[DeviceInfo]:
-        facts = {"machine": platform.machine(), "arch": platform.machine()}
-        try:
-            ov = import_openvino()
-        except Exception as exc:  # noqa: BLE001 - any import failure makes the device unavailable
-            return [DeviceInfo("openvino", False, f"openvino is not importable: {exc}", facts)]
-        facts.update(openvino=package_version("openvino"), paddle2onnx=paddle2onnx_fact(),
-                     cores=str(os.cpu_count()))
+    def _import_runtime(self) -> ModuleType:
+        return import_openvino()
+
+    def _probe_runtime(self, ov: ModuleType, facts: dict[str, str]) -> list[DeviceInfo]:
         try:
             core = ov.Core()
             facts["cpu"] = str(core.get_property("CPU", "FULL_DEVICE_NAME"))
@@ -143,6 +138,3 @@ class OpenVinoPlugin:
                                          f"`sodd quantize --model-dir {model.path} --images CALIBRATION_IMAGES`")
         program = onnx_program(model, cache_dir) if graph is None else int8_program(model, graph)
         return OpenVinoPredictor(program, threads, precision, graph, cache_dir / "compiled")
-
-    def close(self) -> None:
-        pass

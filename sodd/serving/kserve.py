@@ -33,7 +33,7 @@ import math
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -552,21 +552,26 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest,  # noqa: N802
                                   context: grpc.aio.ServicerContext) -> Any:
-        async def work() -> pb.RepositoryModelLoadResponse:
-            await self._check_manage(context, "RepositoryModelLoad")
-            name = repository_model(request)
-            await self._manager.load_model(name, self._version_parameter(request.parameters))
-            return pb.RepositoryModelLoadResponse(model_name=name, isLoaded=True)
-
-        return await self._guard(context, work())
+        return await self._repository_change(
+            request, context, "RepositoryModelLoad", self._manager.load_model,
+            lambda name: pb.RepositoryModelLoadResponse(model_name=name, isLoaded=True))
 
     async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,  # noqa: N802
                                     context: grpc.aio.ServicerContext) -> Any:
-        async def work() -> pb.RepositoryModelUnloadResponse:
-            await self._check_manage(context, "RepositoryModelUnload")
+        return await self._repository_change(
+            request, context, "RepositoryModelUnload", self._manager.unload_model,
+            lambda name: pb.RepositoryModelUnloadResponse(model_name=name, isUnloaded=True))
+
+    async def _repository_change(self, request: pb.RepositoryModelLoadRequest | pb.RepositoryModelUnloadRequest,
+                                 context: grpc.aio.ServicerContext, rpc: str,
+                                 change: Callable[[str, int], Awaitable[None]], answer: Callable[[str], Any]) -> Any:
+        """A repository load or unload: the manage rights checked, then `change` applied to the named
+        model (one version of it with sodd's `version` parameter) and answered by `answer(name)`."""
+        async def work() -> Any:
+            await self._check_manage(context, rpc)
             name = repository_model(request)
-            await self._manager.unload_model(name, self._version_parameter(request.parameters))
-            return pb.RepositoryModelUnloadResponse(model_name=name, isUnloaded=True)
+            await change(name, self._version_parameter(request.parameters))
+            return answer(name)
 
         return await self._guard(context, work())
 

@@ -344,25 +344,29 @@ class DetectorService(pb_grpc.DetectorServicer):
 
     async def LoadModel(self, request: pb.LoadModelRequest,
                         context: grpc.aio.ServicerContext) -> pb.LoadModelResponse:
-        async def work() -> pb.LoadModelResponse:
-            if not request.name:
-                raise InvalidArgument("name is empty: say which model to load")
-            await self._manager.load_model(request.name, request.version)
-            return pb.LoadModelResponse(versions=[self._info(m) for m in
-                                                  sorted(self._registry.versions(request.name).values(),
-                                                         key=lambda m: m.version)])
-
-        return await self._guard(context, work(), "LoadModel", "")
+        return await self._model_change(
+            request, context, "LoadModel", "load", self._manager.load_model,
+            lambda: pb.LoadModelResponse(versions=[self._info(m) for m in
+                                                   sorted(self._registry.versions(request.name).values(),
+                                                          key=lambda m: m.version)]))
 
     async def UnloadModel(self, request: pb.UnloadModelRequest,
                           context: grpc.aio.ServicerContext) -> pb.UnloadModelResponse:
-        async def work() -> pb.UnloadModelResponse:
-            if not request.name:
-                raise InvalidArgument("name is empty: say which model to unload")
-            await self._manager.unload_model(request.name, request.version)
-            return pb.UnloadModelResponse()
+        return await self._model_change(request, context, "UnloadModel", "unload", self._manager.unload_model,
+                                        pb.UnloadModelResponse)
 
-        return await self._guard(context, work(), "UnloadModel", "")
+    async def _model_change(self, request: pb.LoadModelRequest | pb.UnloadModelRequest,
+                            context: grpc.aio.ServicerContext, rpc: str, verb: str,
+                            change: Callable[[str, int], Awaitable[None]], answer: Callable[[], T]) -> T:
+        """LoadModel or UnloadModel: `change` applied to the named model (and version), answered by
+        `answer()` once it is done."""
+        async def work() -> T:
+            if not request.name:
+                raise InvalidArgument(f"name is empty: say which model to {verb}")
+            await change(request.name, request.version)
+            return answer()
+
+        return await self._guard(context, work(), rpc, "")
 
     async def WatchModels(self, request: pb.WatchModelsRequest,
                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ModelEvent]:
