@@ -3,6 +3,7 @@ reload behaviour all follow sodd.config.schema, and fail here when they drift fr
 
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sodd.cli import build_parser
+from sodd.commands import serve as serve_command
 from sodd.commands.serve import build_config
 from sodd.config.addresses import join_host_port, split_host_port
 from sodd.config.docs import DOCS_FILE, main, render
@@ -68,7 +70,9 @@ def test_the_example_shows_every_setting_with_its_default() -> None:
 
 
 def test_every_flag_takes_its_help_and_default_from_the_schema() -> None:
-    parser = build_parser("serve")._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    subparsers = argparse.ArgumentParser().add_subparsers()
+    serve_command.register(subparsers)
+    parser = subparsers.choices["serve"]
     help_text = re.sub(r"\s+", "", parser.format_help())  # argparse wraps lines, also at hyphens
     for s in flagged():
         assert s.flag in help_text

@@ -72,6 +72,7 @@ print(json.dumps(out))
 
 KSERVE = r'''
 import asyncio, json, sys
+import grpc
 import numpy as np
 from kserve import InferenceGRPCClient, InferInput, InferRequest
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb, grpc_predict_v2_pb2_grpc as pb_grpc
@@ -95,7 +96,8 @@ async def main():
                                  else [[v.decode() for v in row] for row in o.as_numpy()])
                         for o in response.outputs}
         out["id"] = response.id
-        stub = pb_grpc.GRPCInferenceServiceStub(client._channel)
+        channel = grpc.aio.insecure_channel(address)  # the same service through plain generated stubs
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
         metadata = await stub.ModelMetadata(pb.ModelMetadataRequest(name="default"))
         out["metadata"] = {"name": metadata.name, "inputs": [i.name for i in metadata.inputs],
                            "outputs": [o.name for o in metadata.outputs]}
@@ -104,6 +106,7 @@ async def main():
         out["ready_after_unload"] = await client.is_model_ready("default")
         await stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="default"))
         out["ready_after_load"] = await client.is_model_ready("default")
+        await channel.close()
     print(json.dumps(out))
 
 asyncio.run(main())

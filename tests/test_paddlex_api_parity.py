@@ -119,10 +119,13 @@ def test_client_predict_writes_paddlex_files(case: str, example_daemon: Daemon, 
     assert_same_files(tmp_path, paddlex_out / case, case)
 
 
-def test_res_json_and_img_properties(example_daemon: Daemon, real_images: list[Path]) -> None:
+def test_res_json_and_img_properties(example_daemon: Daemon, real_images: list[Path],
+                                     capsys: pytest.CaptureFixture[str]) -> None:
     with Client(example_daemon.address, timeout=120) as client:
         res = next(client.predict(str(real_images[0]), model="tiny", threshold=0.3))
     assert set(res.json) == {"res"} and res.json["res"] == dict(res)
-    assert json.loads(res._to_str(json_format=True))["res"]["boxes"] == res["boxes"]
+    capsys.readouterr()
+    res.print(json_format=True)
+    assert json.loads(capsys.readouterr().out)["res"]["boxes"] == res["boxes"]
     image = res.img["res"]
     assert image.size == Image.open(real_images[0]).size and image.mode == "RGB"
