@@ -46,6 +46,7 @@ from sodd.config.schema import ServeConfig
 from sodd.model.names import name_problem
 from sodd.oip import grpc_service_pb2
 from sodd.serving.auth import answers, outcome
+from sodd.serving.deadlines import deadline_passed
 from sodd.v1 import detector_pb2
 
 log = logging.getLogger(__name__)
@@ -285,8 +286,7 @@ class BudgetInterceptor(grpc.aio.ServerInterceptor):
         try:
             return await self._read_one(method, shape, requests, context)
         except asyncio.CancelledError:
-            remaining = context.time_remaining()
-            expired = remaining is not None and remaining <= 0
+            expired = deadline_passed(context)
             self.on_refused(method, grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED,
                             "the call ended before its request was read")
             raise

@@ -24,6 +24,7 @@ from google.protobuf.message import Message
 from sodd.observability.metrics import UNKNOWN, UNKNOWN_MODEL, Metrics
 from sodd.observability.requests import RequestRecord, RequestRecorder
 from sodd.runtime.registry import ModelRegistry
+from sodd.serving.deadlines import deadline_passed
 from sodd.v1 import detector_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -225,8 +226,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             record.code = grpc.StatusCode.UNKNOWN
             record.error = f"{type(exc).__name__}: {exc}"
         else:  # cancelled: by the client, by its deadline, or by the daemon stopping
-            remaining = context.time_remaining()
-            expired = remaining is not None and remaining <= 0
+            expired = deadline_passed(context)
             record.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
             record.cause = "deadline" if expired else "shutdown" if self._shutting_down() else "client"
 
