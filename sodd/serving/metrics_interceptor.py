@@ -90,64 +90,51 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
     def _counted(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """The same handler, its end counted under `method`: code and latency, for every kind of call."""
         ends = self._count_call
-        failed = self._failed_code
 
-        async def unary(request: Any, context: grpc.aio.ServicerContext, behaviour: Callable[..., Any]) -> Any:
-            started, code = time.perf_counter(), grpc.StatusCode.UNKNOWN
-            try:
-                result = behaviour(request, context)
-                response = await result if inspect.isawaitable(result) else result
-                code = context.code() or grpc.StatusCode.OK
-                return response
-            except BaseException as exc:
-                code = failed(exc, context)
-                raise
-            finally:
-                ends(method, code, started)
+        def unary(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+            async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started, code = time.perf_counter(), grpc.StatusCode.UNKNOWN
+                try:
+                    result = behaviour(request, context)
+                    response = await result if inspect.isawaitable(result) else result
+                    code = context.code() or grpc.StatusCode.OK
+                    return response
+                except BaseException as exc:
+                    code = self._ended_by(exc, context)[0]
+                    raise
+                finally:
+                    ends(method, code, started)
+            return call
 
-        async def streaming(request: Any, context: grpc.aio.ServicerContext,
-                            behaviour: Callable[..., Any]) -> AsyncIterator[Any]:
-            started, code = time.perf_counter(), grpc.StatusCode.UNKNOWN
-            try:
-                result = behaviour(request, context)
-                if hasattr(result, "__aiter__"):
-                    async for answer in result:
-                        yield answer
-                elif inspect.isawaitable(result):
-                    await result  # a handler that answers through context.write
-                code = context.code() or grpc.StatusCode.OK
-            except BaseException as exc:
-                code = failed(exc, context)
-                raise
-            finally:
-                ends(method, code, started)
+        # grpc.aio tells streaming handlers apart by being async generator functions: so is this one.
+        def streaming(behaviour: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+            async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                started, code = time.perf_counter(), grpc.StatusCode.UNKNOWN
+                try:
+                    result = behaviour(request, context)
+                    if hasattr(result, "__aiter__"):
+                        async for answer in result:
+                            yield answer
+                    elif inspect.isawaitable(result):
+                        await result  # a handler that answers through context.write
+                    code = context.code() or grpc.StatusCode.OK
+                except BaseException as exc:
+                    code = self._ended_by(exc, context)[0]
+                    raise
+                finally:
+                    ends(method, code, started)
+            return call
 
         kinds = {"unary_unary": (unary, grpc.unary_unary_rpc_method_handler),
                  "stream_unary": (unary, grpc.stream_unary_rpc_method_handler),
                  "unary_stream": (streaming, grpc.unary_stream_rpc_method_handler),
                  "stream_stream": (streaming, grpc.stream_stream_rpc_method_handler)}
-        for kind, (wrapper, make) in kinds.items():
+        for kind, (wrap, make) in kinds.items():
             behaviour = getattr(handler, kind)
             if behaviour is not None:
-                # grpc.aio tells streaming handlers apart by being async generator functions, so the
-                # wrapper keeps the kind of the original.
-                if wrapper is streaming:
-                    async def call(request: Any, context: grpc.aio.ServicerContext,
-                                   behaviour: Callable[..., Any] = behaviour) -> AsyncIterator[Any]:
-                        async for answer in streaming(request, context, behaviour):
-                            yield answer
-                else:
-                    async def call(request: Any, context: grpc.aio.ServicerContext,
-                                   behaviour: Callable[..., Any] = behaviour) -> Any:
-                        return await unary(request, context, behaviour)
-                return make(call, request_deserializer=handler.request_deserializer,
+                return make(wrap(behaviour), request_deserializer=handler.request_deserializer,
                             response_serializer=handler.response_serializer)
         return handler
-
-    def _failed_code(self, exc: BaseException, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
-        record = RequestRecord("")
-        self._failed(exc, context, record)
-        return record.code
 
     def _detection(self, handler_call_details: grpc.HandlerCallDetails,
                    handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
@@ -218,17 +205,20 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         except Exception:  # a logging or metrics bug must not turn an answer into an error
             log.exception("recording the end of %s failed", record.method)
 
-    def _failed(self, exc: BaseException, context: grpc.aio.ServicerContext, record: RequestRecord) -> None:
+    def _ended_by(self, exc: BaseException,
+                  context: grpc.aio.ServicerContext) -> tuple[grpc.StatusCode, str, str]:
+        """The status code, error text and cancellation cause of a call that ended with `exc`."""
         if isinstance(exc, grpc.aio.AbortError):
-            record.code = context.code() or grpc.StatusCode.UNKNOWN
-            record.error = context.details() or ""
-        elif isinstance(exc, Exception):
-            record.code = grpc.StatusCode.UNKNOWN
-            record.error = f"{type(exc).__name__}: {exc}"
-        else:  # cancelled: by the client, by its deadline, or by the daemon stopping
-            expired = deadline_passed(context)
-            record.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
-            record.cause = "deadline" if expired else "shutdown" if self._shutting_down() else "client"
+            return context.code() or grpc.StatusCode.UNKNOWN, context.details() or "", ""
+        if isinstance(exc, Exception):
+            return grpc.StatusCode.UNKNOWN, f"{type(exc).__name__}: {exc}", ""
+        # Cancelled: by the client, by its deadline, or by the daemon stopping.
+        if deadline_passed(context):
+            return grpc.StatusCode.DEADLINE_EXCEEDED, "", "deadline"
+        return grpc.StatusCode.CANCELLED, "", "shutdown" if self._shutting_down() else "client"
+
+    def _failed(self, exc: BaseException, context: grpc.aio.ServicerContext, record: RequestRecord) -> None:
+        record.code, record.error, record.cause = self._ended_by(exc, context)
 
     async def _observe(self, method: str, behaviour: Callable[..., Any], request: Any,
                        context: grpc.aio.ServicerContext) -> Any:
