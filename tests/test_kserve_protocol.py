@@ -109,3 +109,31 @@ def test_tokens_limits_and_metrics_apply(tmp_path: Path) -> None:
         assert 'method="ModelInfer"' in text and 'code="INVALID_ARGUMENT"' in text
     finally:
         daemon.stop()
+
+
+def test_a_model_infer_past_its_deadline_counts_as_the_deadlines(tmp_path: Path) -> None:
+    """KServe requests end like sodd.v1's: one cut short by its deadline is counted under cause
+    "deadline", not as cancelled by its client."""
+    import cv2
+
+    from tests.metrics_helpers import metrics_url, samples, scrape
+    from tests.service_helpers import wait_until
+
+    daemon = start_daemon(["--model", f"default={DEFAULT_MODEL_DIR}"], tmp_path / "daemon.log", threads=1)
+    try:
+        url = metrics_url(daemon)
+
+        def cancelled(cause: str) -> float:
+            return samples(scrape(url)).get(
+                ("sodd_requests_cancelled_total", frozenset({("method", "ModelInfer"), ("cause", cause)})), 0.0)
+
+        # A 4K frame in 640-pixel windows: about 40 network runs, far longer than the deadline.
+        frame = cv2.imencode(".jpg", np.random.default_rng(3).integers(0, 255, (2160, 3840, 3), np.uint8))[1]
+        request = encoded_request(frame.tobytes(), slicing='{"slice_height": 640, "slice_width": 640}')
+        with daemon.channel() as channel, pytest.raises(grpc.RpcError) as ended:
+            pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=0.3)
+        assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        wait_until(lambda: cancelled("deadline") == 1, 30, what="the deadline counted")
+        assert cancelled("client") == 0
+    finally:
+        daemon.stop()

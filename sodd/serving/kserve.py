@@ -53,6 +53,7 @@ from sodd.runtime.detection import SLICING_FIELDS, DetectOptions, Detector, Dete
 from sodd.runtime.manager import ModelManager
 from sodd.runtime.registry import ModelRegistry, ModelState
 from sodd.serving.auth import caller_rights, may_manage
+from sodd.serving.deadlines import deadline_reached
 
 log = logging.getLogger(__name__)
 
@@ -455,6 +456,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                      remaining: float | None) -> tuple[pb.ModelInferResponse | None, grpc.StatusCode, str]:
         """One request through the detection core: (response, OK, "") or (None, code, message)."""
         record = self._requests.begin(method, self._labels(request), request.id)
+        deadline = None if remaining is None else time.monotonic() + remaining
         try:
             if request.ByteSize() >= PARSE_OFF_LOOP_BYTES:
                 call = await asyncio.to_thread(read_infer_request, request)
@@ -464,7 +466,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             model = call.model or self._registry.default_name or ""
             if not caller_rights().may_use(model):
                 raise PermissionDenied(f"this token has no right to model {quote(model)}")
-            deadline = None if remaining is None else time.monotonic() + remaining
             options = DetectOptions(call.options.threshold, call.options.max_detections, call.options.slicing,
                                     deadline)
             result = await self._detector.detect(call.model, call.version, call.images, options, call.request_id)
@@ -475,7 +476,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         except SoddError as exc:
             record.code, record.error = exc.code, exc.message
         except asyncio.CancelledError:
-            record.code, record.error, record.cause = grpc.StatusCode.CANCELLED, "cancelled", "client"
+            # Cancelled by the client, by its deadline or by the daemon stopping, counted as sodd.v1's are.
+            if deadline_reached(deadline):
+                record.code, record.error, record.cause = grpc.StatusCode.DEADLINE_EXCEEDED, "deadline", "deadline"
+            else:
+                record.code, record.error = grpc.StatusCode.CANCELLED, "cancelled"
+                record.cause = "shutdown" if self._stopping() else "client"
             raise
         except Exception as exc:  # noqa: BLE001 - a failing backend must not take the daemon down
             log.exception("%s request_id=%s failed", method, record.request_id)
