@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,8 @@ class TaskSet:
         task.add_done_callback(self._finished)
         return task
 
-    def spawn_threadsafe(self, loop: asyncio.AbstractEventLoop, coro_fn: Any) -> None:
+    def spawn_threadsafe(self, loop: asyncio.AbstractEventLoop,
+                         coro_fn: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         """From any thread: run `coro_fn()` on `loop` (an event from a loading thread, say)."""
         loop.call_soon_threadsafe(lambda: self.spawn(coro_fn()))
 
