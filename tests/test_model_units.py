@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from sodd.errors import ModelDirError
-from sodd.model.modeldir import NormalizeImage, Resize, read_model_dir
+from sodd.model.modeldir import NormalizeImage, Permute, Resize, read_model_dir
 from sodd.model.postprocess import apply_threshold, finish, resolve_threshold, split_per_image
-from sodd.model.preprocess import CV2_INTERP, normalize, prepare
+from sodd.model.preprocess import CV2_INTERP, normalize, prepare, prepare_step_by_step
 
 
 def write_dir(root: Path, yml: dict, files=("inference.json", "inference.pdiparams")) -> Path:
@@ -90,6 +90,28 @@ def test_normalize_matches_per_channel_float32_arithmetic() -> None:
         channel *= (1 / 255) / op.std[c]
         channel += -op.mean[c] / op.std[c]
         assert np.array_equal(out[..., c], channel)
+
+
+NORMALIZATIONS = (NormalizeImage((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+                  NormalizeImage((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), is_scale=False),
+                  NormalizeImage((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), norm_type="none"))
+
+
+@pytest.mark.parametrize("norm", NORMALIZATIONS, ids=["imagenet", "unscaled", "none"])
+def test_table_lookup_gives_the_step_by_step_bytes(norm: NormalizeImage) -> None:
+    rng = np.random.default_rng(1)
+    photo = rng.integers(0, 256, (301, 517, 3), dtype=np.uint8)
+    images = {"photo": photo, "crop view": photo[13:213, 7:407], "at the target size": photo[:320, :480].copy(),
+              "every level": np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)}
+    recipes = [(Resize((320, 480), code), norm, Permute()) for code in CV2_INTERP]
+    recipes += [(Resize((416, 416), 2, keep_ratio=True), norm, Permute()), (norm, Permute())]
+    for name, image in images.items():
+        for recipe in recipes:
+            fast, slow = prepare(image, recipe), prepare_step_by_step(image, recipe)
+            assert fast.image.dtype == np.float32 and fast.image.flags.c_contiguous
+            assert fast.image.tobytes() == slow.image.tobytes(), (name, recipe)
+            assert (fast.scale_factor, fast.resized_hw, fast.original_hw) == (
+                slow.scale_factor, slow.resized_hw, slow.original_hw)
 
 
 ROWS = np.array([
