@@ -276,6 +276,37 @@ def test_a_lone_request_gets_the_wide_predictor_and_load_the_narrow_ones_never_b
     assert not [t for t in overlaps.together if "wide" in t], "the wide predictor shared the cores"
 
 
+def test_a_lone_request_wakes_only_the_wide_loop(workers: WorkerThreads, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Idle narrow loops must sleep through a lone request: every needless wake-up queues one more
+    thread for the GIL behind the answer. The wide run waits (up to WAIT / 4) for a narrow loop to
+    look at the queue, so a wake-up would show; with none, it goes on after that."""
+    narrow_looked, started = threading.Event(), threading.Event()
+    idle = threading.Semaphore(0)
+    may_take = ModelRunner._may_take
+
+    def watched(runner: ModelRunner, wide: bool) -> bool:
+        taken = may_take(runner, wide)
+        if not taken:
+            idle.release()
+        if not wide and started.is_set():
+            narrow_looked.set()
+        return taken
+
+    monkeypatch.setattr(ModelRunner, "_may_take", watched)
+    runner = ModelRunner([GatedPredictor("narrow0"), GatedPredictor("narrow1")], max_pending=8, name="t",
+                         workers=workers, max_batch_size=1, combine_requests=False,
+                         wide=GatedPredictor("wide", on_run=lambda name: narrow_looked.wait(WAIT / 4)))
+    try:
+        for _ in range(3):  # each loop has found nothing to take and sleeps
+            assert idle.acquire(timeout=WAIT)
+        started.set()
+        runner.submit([item(0.5)])[0].result(WAIT)
+        woken = narrow_looked.is_set()  # before close() wakes every loop to stop
+    finally:
+        runner.close()
+    assert not woken, "a narrow loop was woken for a request only the wide predictor may take"
+
+
 def test_a_retired_version_closes_after_its_last_request_and_plugins_close_at_shutdown(gated_model: Path) -> None:
     old, new = GatedPredictor("old"), GatedPredictor("new")
     plugin = GatedPlugin(old, new)

@@ -97,7 +97,13 @@ class ModelRunner:
         self._observe_batch = observe_batch
         self._queue: deque[_Job] = deque()
         self._admitted = 0  # network runs of requests inside the daemon (see admit)
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        # Idle loops wait on their kind's condition and are woken only when they may take work:
+        # waking every loop for every image (and again after every run) made the idle ones queue
+        # for the GIL behind each answer. Loops growing a batch wait for any new image.
+        self._narrow_wakeup = threading.Condition(self._lock)
+        self._wide_wakeup = threading.Condition(self._lock)
+        self._queue_grew = threading.Condition(self._lock)
         self._stopping = False
         self._running = 0  # batches on predictors now
         self._wide_running = False
@@ -123,7 +129,7 @@ class ModelRunner:
         every stage's backlog grow. A request that could never fit is the caller's to refuse
         (INVALID_ARGUMENT), so this refusal always means "retry later".
         """
-        with self._cond:
+        with self._lock:
             if self._admitted + images > self.max_pending:
                 raise ResourceExhausted(
                     f"the model is full ({self._admitted} network runs admitted, limit {self.max_pending}); "
@@ -132,13 +138,13 @@ class ModelRunner:
         return Admission(self, images)
 
     def _release(self, images: int) -> None:
-        with self._cond:
+        with self._lock:
             self._admitted -= images
 
     # -- submitting ------------------------------------------------------------------------
 
     def _enqueue(self, jobs: list[_Job]) -> None:
-        with self._cond:
+        with self._lock:
             if self._stopping:
                 raise Unavailable("the model version is shutting down; retry")
             if len(self._queue) + len(jobs) > self.max_pending:
@@ -146,7 +152,8 @@ class ModelRunner:
                     f"the model's queue is full ({len(self._queue)} images waiting, limit {self.max_pending}); "
                     "retry later")
             self._queue.extend(jobs)
-            self._cond.notify_all()
+            self._queue_grew.notify_all()
+            self._wake()
 
     def submit(self, prepared: Sequence[Prepared], deadline: float | None = None) -> list[Future]:
         now, request = time.perf_counter(), object()
@@ -179,12 +186,22 @@ class ModelRunner:
             return False
         return self._lone_request() if wide else not self._lone_request()
 
+    def _wake(self) -> None:
+        """Wake the idle loops that may take the queue's work now (the lock is held)."""
+        if not self._queue or self._wide_running:
+            return
+        if self._lone_request():
+            self._wide_wakeup.notify()
+        else:
+            self._narrow_wakeup.notify(len(self._queue))
+
     def _next_batch(self, wide: bool) -> list[_Job] | None:
-        with self._cond:
+        wakeup = self._wide_wakeup if wide else self._narrow_wakeup
+        with self._lock:
             while not self._may_take(wide):
                 if self._stopping:
                     return None
-                self._cond.wait()
+                wakeup.wait()
             self._running += 1
             self._wide_running = wide
             batch = [self._queue.popleft()]
@@ -201,7 +218,7 @@ class ModelRunner:
                 remaining = until - time.perf_counter()
                 if len(batch) == self.max_batch_size or remaining <= 0 or self._stopping:
                     break
-                self._cond.wait(remaining)
+                self._queue_grew.wait(remaining)
             return batch
 
     def _work(self, predictor: Predictor, wide: bool, name: str) -> None:
@@ -220,10 +237,10 @@ class ModelRunner:
                 if live:
                     self._run(predictor, live)
             finally:
-                with self._cond:
+                with self._lock:
                     self._running -= 1
                     self._wide_running = False
-                    self._cond.notify_all()
+                    self._wake()
 
     def _run(self, predictor: Predictor, jobs: list[_Job]) -> None:
         started = time.perf_counter()
@@ -246,11 +263,12 @@ class ModelRunner:
                     job.future.set_exception(exc)
 
     def close(self) -> None:
-        with self._cond:
+        with self._lock:
             self._stopping = True
             leftover = list(self._queue)
             self._queue.clear()
-            self._cond.notify_all()
+            for condition in (self._narrow_wakeup, self._wide_wakeup, self._queue_grew):
+                condition.notify_all()
         for job in leftover:
             if job.future.set_running_or_notify_cancel():
                 job.future.set_exception(Unavailable("the model version was unloaded; retry"))
