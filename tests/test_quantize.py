@@ -105,3 +105,38 @@ def test_the_command_line_is_quiet_and_light(tiny_model_dirs: dict[str, Path]) -
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout == "loaded\n", result.stdout
     assert "ccache" not in result.stderr and "ReduceMean" not in result.stderr, result.stderr
+
+
+def two_convolutions(first_weights: np.ndarray) -> object:
+    """image (1x3x8x8) -> 3x3 convolution with `first_weights` (4 channels) -> 1x1 convolution."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    image = ops.parameter([1, 3, 8, 8], np.float32, name="image")
+    first = ops.convolution(image, ops.constant(first_weights), [1, 1], [1, 1], [1, 1], [1, 1])
+    first.set_friendly_name("first")
+    second = ops.convolution(first, ops.constant(np.ones((2, 4, 1, 1), np.float32)), [1, 1], [0, 0], [0, 0], [1, 1])
+    second.set_friendly_name("second")
+    return ov.Model([second], [image], "two")
+
+
+def test_outliers_that_8_bits_would_erase_are_found() -> None:
+    """PicoDet-XS's stem in small: one convolution channel 1,000 times the others (NNCF floors each
+    channel's weight scale at 1 % of the widest, so the narrow ones quantize to zero) makes an
+    activation whose widest channel is far over its median (one 8-bit scale per tensor erases the
+    narrow channels where it is read). Ordinary spreads are left alone."""
+    import openvino as ov
+
+    from sodd.training.quantization import starved_weight_convolutions, wide_activation_readers
+
+    rng = np.random.default_rng(0)
+    weights = rng.uniform(-1, 1, (4, 3, 3, 3)).astype(np.float32)
+    items = [{"image": rng.uniform(-2, 2, (1, 3, 8, 8)).astype(np.float32)} for _ in range(3)]
+    core = ov.Core()
+    ordinary = two_convolutions(weights)
+    assert starved_weight_convolutions(ordinary) == []
+    assert wide_activation_readers(core, ordinary, items) == []
+    weights[2] *= 1000
+    skewed = two_convolutions(weights)
+    assert starved_weight_convolutions(skewed) == ["first"]
+    assert wide_activation_readers(core, skewed, items) == ["second"]
