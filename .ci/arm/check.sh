@@ -4,8 +4,10 @@
 #      this checkout in it, and `make setup` there: pip installs sodd from PyPI, wheels only;
 #   2. `make run` there serves the embedded default model; an x86 client gets boxes; SIGTERM drains;
 #   3. one emulated daemon serves the default model and the shared PicoDet-XS on cpu, onnxruntime
-#      and openvino; an x86 daemon serves the same; .ci/arm/compare_boxes.py asks both and
-#      requires scores within 1e-3 and corners within 0.1 px.
+#      and openvino; two x86 daemons serve the same, one as usual and one with OPENCV_IPP=disabled
+#      (OpenCV's own resize code, as on ARM); .ci/arm/compare_boxes.py asks them all and requires
+#      scores within 1e-3 and corners within 0.1 px: generated scenes and photo windows against
+#      the usual x86 daemon, whole photos against the IPP-free one (reported against both).
 # Without ../shared/data (or $SODD_SHARED_DATA) the PicoDet part is skipped, saying so.
 # Caches live in $SODD_ARM_CACHE (default /var/cache/sodd-ci/arm64): root file system, wheels,
 # converted ONNX graphs. Figures go to $SODD_ARM_CACHE/last-run.json.
@@ -18,7 +20,7 @@ HOST_PY=${SODD_HOST_PYTHON:-$REPO/.venv/bin/python}
 [[ -x $HOST_PY ]] || { echo ".ci/arm/check.sh: $HOST_PY is missing; run make setup first" >&2; exit 1; }
 START_TIMEOUT=${SODD_ARM_START_TIMEOUT:-1200}
 declare -A TIMES=()
-X86_PID=
+X86_PID= X86_PLAIN_PID=
 PASSED=0 FAILED=0
 
 # Count a named check's outcome: `verdict NAME COMMAND...`.
@@ -30,7 +32,7 @@ verdict() {
 
 cleanup() {
     local pid
-    for pid in ${ARM_BG_PID:-} ${X86_PID:-}; do
+    for pid in ${ARM_BG_PID:-} ${X86_PID:-} ${X86_PLAIN_PID:-}; do
         kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
     done
     release_run_root
@@ -149,12 +151,14 @@ if data=$(shared_data); then
     cp -r "$data/models/PicoDet-XS-416-coco" "$ARM_ROOT/data/picodet"
     models+=(picodet)
     visdrone=$data/visdrone/0000315_01601_d_0000509.jpg
+    photos=$visdrone,$data/sahi/small-vehicles1.jpeg,$data/sahi/terrain2.png
 else
     log "SKIPPED: the shared PicoDet-XS model (../shared/data) is absent; comparing the default model only"
 fi
-# Gated: generated scenes at the model's size and at 640x480 (resized), and 416-pixel windows of the
-# VisDrone photo at its own scale. Reported only: whole photos, which the resize shrinks 2.6 to 4.6
-# times, enlarging OpenCV's cross-architecture resize differences past the tolerance (docs/arm.md).
+# Against the usual x86 daemon: generated scenes at the model's size and at 640x480 (resized), and
+# 416-pixel windows of the VisDrone photo at its own scale. Whole photos, which the resize shrinks
+# 2.6 to 4.6 times, against the IPP-free x86 daemon: x86 OpenCV's IPP resize differs from OpenCV's
+# own code, the only code ARM has, past the tolerance on such photos (docs/arm.md).
 compare_args=()
 n_models=0
 for backend in cpu onnxruntime openvino; do
@@ -164,9 +168,9 @@ for backend in cpu onnxruntime openvino; do
         model_args+=(--device "$name=$backend")
         if [[ $m == default ]]; then
             compare_args+=(--model "$name=synth" --model "$name=synth:640x480")
+            if [[ -n ${photos:-} ]]; then compare_args+=(--photos "$name=$photos"); fi
         else
-            compare_args+=(--model "$name=crops:416:$visdrone"
-                           --inform "$name=$visdrone,$data/sahi/small-vehicles1.jpeg")
+            compare_args+=(--model "$name=crops:416:$visdrone" --photos "$name=$photos")
         fi
     done
 done
@@ -189,7 +193,12 @@ x86_log=$(mktemp /tmp/sodd-x86-reference.XXXXXX.log)
 "$REPO/.venv/bin/sodd" serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --instances 1 "${x86_models[@]}" \
     "${model_args[@]}" >"$x86_log" 2>&1 &
 X86_PID=$!
+x86_plain_log=$(mktemp /tmp/sodd-x86-plain.XXXXXX.log)
+OPENCV_IPP=disabled "$REPO/.venv/bin/sodd" serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --instances 1 \
+    "${x86_models[@]}" "${model_args[@]}" >"$x86_plain_log" 2>&1 &
+X86_PLAIN_PID=$!
 x86_address=$(wait_listening "$X86_PID" "$x86_log")
+x86_plain_address=$(wait_listening "$X86_PLAIN_PID" "$x86_plain_log")
 arm_address=$(wait_listening "$ARM_PID" "$ARM_ROOT/backends.log")
 TIMES[backends_listening_s]=$SECONDS
 log "aarch64 daemon with $n_models models listening on $arm_address after ${SECONDS} s"
@@ -198,11 +207,11 @@ grep -E 'ready on|cannot load' "$ARM_ROOT/backends.log" >&2 || true
 SECONDS=0
 report=$ARM_CACHE/last-run.json
 verdict "boxes within tolerance of x86's" "$HOST_PY" .ci/arm/compare_boxes.py --arm "$arm_address" \
-    --x86 "$x86_address" "${compare_args[@]}" --json "$report.boxes"
+    --x86 "$x86_address" --x86-plain "$x86_plain_address" "${compare_args[@]}" --json "$report.boxes"
 TIMES[compare_s]=$SECONDS
 verdict "the backends daemon drains on SIGTERM" stop_and_check "$ARM_PID" "$ARM_ROOT/backends.log" "aarch64 daemon"
-kill -TERM "$X86_PID"; wait "$X86_PID" || true
-rm -f "$x86_log"
+kill -TERM "$X86_PID" "$X86_PLAIN_PID"; wait "$X86_PID" "$X86_PLAIN_PID" || true
+rm -f "$x86_log" "$x86_plain_log"
 
 "$HOST_PY" - "$report" <<EOF
 import json, os, sys
