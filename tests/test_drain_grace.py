@@ -4,6 +4,7 @@ health following the default model; the maximum connection age."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
@@ -16,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sodd.config.schema import DEFAULT_MODEL_DIR, ModelConfig, ServeConfig
 from sodd.oip import grpc_service_pb2 as oip
 from sodd.oip import grpc_service_pb2_grpc as oip_grpc
+from sodd.serving.drain import QUIET_LIMIT_SECONDS, QUIET_SECONDS, DrainInterceptor
 from sodd.serving.server import server_options
 from sodd.v1 import detector_pb2 as pb
 from sodd.v1 import detector_pb2_grpc as pb_grpc
@@ -118,6 +120,26 @@ def test_sigterm_grace_then_unavailable_and_watches_do_not_hold_the_stop(tmp_pat
     assert watch_end == [grpc.StatusCode.UNAVAILABLE] and models_end == [grpc.StatusCode.UNAVAILABLE]
     assert exited - signalled < 20, f"the stop took {exited - signalled:.1f} s: a watch held it"
     print(f"exit {exited - signalled:.2f} s after SIGTERM; {len(after)} calls after it: {timeline}")
+
+
+def test_the_listener_stays_open_a_quiet_while_after_the_last_call_finished() -> None:
+    """Found on an emulated aarch64 board: a client whose call finished as the drain ended sent its
+    next call at once and got CANCELLED from grpc's stop, not UNAVAILABLE, because the quiet wait
+    counted only refusals. A finished call now restarts the quiet, as a refusal does."""
+
+    async def scenario() -> float:
+        interceptor = DrainInterceptor()
+        interceptor.stop_accepting()
+        interceptor._enter()  # a call admitted before the drain...
+        interceptor._leave()  # ...finishes now: its client may send again at once
+        started = time.monotonic()
+        waiting = asyncio.ensure_future(interceptor.wait_quiet(QUIET_SECONDS, QUIET_LIMIT_SECONDS))
+        await asyncio.sleep(0)
+        assert not waiting.done(), "the listener would close the moment the last call finished"
+        await waiting
+        return time.monotonic() - started
+
+    assert asyncio.run(scenario()) >= QUIET_SECONDS * 0.9
 
 
 def test_no_grace_when_nothing_checks_health(tmp_path: Path) -> None:

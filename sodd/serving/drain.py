@@ -14,10 +14,11 @@ On SIGTERM the server calls `drain`, which goes through these steps:
    are answered, then the stream ends with UNAVAILABLE; answer-only streams (WatchModels, health
    Watch, reflection) end with UNAVAILABLE at once, so no open watch holds the stop.
 4. Finish: calls already running get up to `timeout` seconds.
-5. Quiet: before the listener closes, wait until no call has been refused for QUIET_SECONDS (at
-   most QUIET_LIMIT_SECONDS). grpc's `server.stop` cancels, with CANCELLED (which clients do not
-   retry), calls that reach the server while it stops; a client that is still sending here has
-   not heard yet, and gets UNAVAILABLE instead.
+5. Quiet: before the listener closes, wait until no call has been refused or has finished for
+   QUIET_SECONDS (at most QUIET_LIMIT_SECONDS). grpc's `server.stop` cancels, with CANCELLED
+   (which clients do not retry), calls that reach the server while it stops; a client that is
+   still sending here has not heard yet, and gets UNAVAILABLE instead. That includes a client
+   whose call finished a moment ago and which sends its next one at once.
 6. Stop: `server.stop` sends GOAWAY and closes the listeners; the process exits.
 
 Health checks are never refused, so probes see NOT_SERVING rather than an error.
@@ -58,7 +59,7 @@ class DrainInterceptor(grpc.aio.ServerInterceptor):
         self._idle.set()
         self._closing = asyncio.Event()
         self.last_probe: float | None = None
-        self.last_refusal = 0.0
+        self.last_activity = 0.0  # when a call was last refused, or last finished
 
     @property
     def running(self) -> int:
@@ -80,10 +81,10 @@ class DrainInterceptor(grpc.aio.ServerInterceptor):
         return True
 
     async def wait_quiet(self, quiet: float, limit: float) -> None:
-        """Until no call has been refused for `quiet` seconds, or `limit` seconds passed."""
+        """Until no call has been refused or has finished for `quiet` seconds, or `limit` seconds passed."""
         end = time.monotonic() + limit
         while (now := time.monotonic()) < end:
-            gap = now - self.last_refusal
+            gap = now - self.last_activity
             if gap >= quiet:
                 return
             await asyncio.sleep(min(quiet - gap, end - now))
@@ -93,6 +94,7 @@ class DrainInterceptor(grpc.aio.ServerInterceptor):
         self._idle.clear()
 
     def _leave(self) -> None:
+        self.last_activity = time.monotonic()
         self._running -= 1
         if self._running == 0:
             self._idle.set()
@@ -112,7 +114,7 @@ class DrainInterceptor(grpc.aio.ServerInterceptor):
             # Health checks answer NOT_SERVING throughout; their watches must not hold the stop.
             return self._closable(handler) if streaming else handler
         if not self.accepting:
-            self.last_refusal = time.monotonic()
+            self.last_activity = time.monotonic()
             return refusal(handler, grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
         if streaming:
             return self._closable(handler)
