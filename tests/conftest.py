@@ -23,6 +23,17 @@ VISDRONE_IMAGE = SHARED_DATA / "visdrone" / "0000315_01601_d_0000509.jpg"
 PICODET_DIR = SHARED_DATA / "models" / "PicoDet-XS-416-coco"
 
 
+EMULATED_MEMORY = "memory figures are emulated here (QEMU user mode: /proc/self/stat reports no memory)"
+
+
+def memory_is_emulated() -> bool:
+    """True where a process's memory figures mean nothing: under QEMU user-mode emulation (the
+    aarch64 check), /proc/self/stat reports zero memory and another process's RSS is the emulator's,
+    translated code included, which grows as new code paths run."""
+    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[-1].split()
+    return int(fields[20]) == 0 and int(fields[21]) == 0  # vsize and rss, fields 23 and 24 of proc(5)
+
+
 def shared_file(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent: the real test material lives in ../shared/data beside the repository")

@@ -18,7 +18,7 @@ from sodd.tools.daemon_process import rss_bytes
 from sodd.training.export.paddlex_dir import ExportSpec, export_paddlex_dir
 from sodd.v1 import detector_pb2 as pb
 from sodd.v1 import detector_pb2_grpc as pb_grpc
-from tests.conftest import REPO, start_daemon
+from tests.conftest import EMULATED_MEMORY, REPO, memory_is_emulated, start_daemon
 from tests.service_helpers import wait_until
 
 SETTLE = 0.3
@@ -159,6 +159,8 @@ def test_swaps_under_load_lose_no_request(variants, image_bytes: bytes, tmp_path
 
 
 def test_memory_is_flat_across_load_unload_cycles(variants, image_bytes: bytes, tmp_path: Path) -> None:
+    if memory_is_emulated():
+        pytest.skip(EMULATED_MEMORY)
     daemon = start_daemon(["--model", f"keep={variants['b']}", "--model", f"cycled={variants['a']}"],
                           tmp_path / "rss.log")
     try:
