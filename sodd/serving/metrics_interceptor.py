@@ -9,13 +9,14 @@ interceptor refuses before the service runs.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import time
 import traceback
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -87,42 +88,40 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             self._metrics.calls.labels(method, code.name).inc()
             self._metrics.call_duration.labels(method).observe(time.perf_counter() - started)
 
+    @contextlib.contextmanager
+    def _call_ends(self, method: str, context: grpc.aio.ServicerContext) -> Iterator[None]:
+        """Counts the call under `method` however its body ends: the code it set, or the one its
+        exception (cancellation included) stands for."""
+        started, code = time.perf_counter(), grpc.StatusCode.UNKNOWN
+        try:
+            yield
+            code = context.code() or grpc.StatusCode.OK
+        except BaseException as exc:
+            code = self._ended_by(exc, context)[0]
+            raise
+        finally:
+            self._count_call(method, code, started)
+
     def _counted(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """The same handler, its end counted under `method`: code and latency, for every kind of call."""
-        ends = self._count_call
 
         def unary(behaviour: Callable[..., Any]) -> Callable[..., Any]:
             async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                started, code = time.perf_counter(), grpc.StatusCode.UNKNOWN
-                try:
+                with self._call_ends(method, context):
                     result = behaviour(request, context)
-                    response = await result if inspect.isawaitable(result) else result
-                    code = context.code() or grpc.StatusCode.OK
-                    return response
-                except BaseException as exc:
-                    code = self._ended_by(exc, context)[0]
-                    raise
-                finally:
-                    ends(method, code, started)
+                    return await result if inspect.isawaitable(result) else result
             return call
 
         # grpc.aio tells streaming handlers apart by being async generator functions: so is this one.
         def streaming(behaviour: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
             async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                started, code = time.perf_counter(), grpc.StatusCode.UNKNOWN
-                try:
+                with self._call_ends(method, context):
                     result = behaviour(request, context)
                     if hasattr(result, "__aiter__"):
                         async for answer in result:
                             yield answer
                     elif inspect.isawaitable(result):
                         await result  # a handler that answers through context.write
-                    code = context.code() or grpc.StatusCode.OK
-                except BaseException as exc:
-                    code = self._ended_by(exc, context)[0]
-                    raise
-                finally:
-                    ends(method, code, started)
             return call
 
         kinds = {"unary_unary": (unary, grpc.unary_unary_rpc_method_handler),

@@ -181,7 +181,7 @@ def starved_weight_convolutions(ov_model: object, share: float = WEIGHT_OUTLIER_
         if node.get_type_name() not in ("Convolution", "GroupConvolution"):
             continue
         source = node.input_value(1).get_node()
-        while source.get_type_name() in ("Reshape", "Convert") :
+        while source.get_type_name() in ("Reshape", "Convert"):
             source = source.input_value(0).get_node()
         if source.get_type_name() != "Constant":
             continue
