@@ -7,15 +7,19 @@ from __future__ import annotations
 import re
 import shutil
 import socket
+import struct
 import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from sodd_client import Client
 
+from sodd.oip import grpc_service_pb2 as oip
+from sodd.oip import grpc_service_pb2_grpc as oip_grpc
 from sodd.v1 import detector_pb2 as pb
 from sodd.v1 import detector_pb2_grpc as pb_grpc
 from tests.conftest import Daemon, start_daemon
@@ -167,6 +171,54 @@ def test_vanishing_and_cancelling_clients_leave_nothing_behind(stream_daemon, vi
     with Client(stream_daemon.address) as c:
         assert c.detect(frame).model == "m"
     assert stream_daemon.process.poll() is None
+
+
+def stream_answers(metrics_url: str, method: str) -> float:
+    """Stream frames of `method` the daemon has answered so far (its sodd_requests_total)."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as r:
+        text = r.read().decode()
+    return sum(float(m.group(1)) for m in re.finditer(
+        rf'^sodd_requests_total\{{[^}}]*method="{method}"[^}}]*\}} (\S+)$', text, re.MULTILINE))
+
+
+def open_stream(channel: grpc.Channel, method: str, frame: bytes, count: int) -> Iterator[Any]:
+    """A DetectStream or ModelStreamInfer call sending `frame` `count` times, at threshold 0."""
+    if method == "DetectStream":
+        request = pb.DetectRequest(image=pb.Image(encoded=frame), threshold=0.0)
+        return pb_grpc.DetectorStub(channel).DetectStream(iter([request] * count), timeout=120)
+    infer = oip.ModelInferRequest(model_name="m")
+    infer.inputs.add(name="images", datatype="BYTES", shape=[1])
+    infer.raw_input_contents.append(struct.pack("<I", len(frame)) + frame)
+    infer.parameters["threshold"].double_param = 0.0
+    return oip_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(iter([infer] * count), timeout=120)
+
+
+# A client whose receive window (HTTP/2 flow control) is smaller than one answer: once it stops
+# reading, the daemon's next write waits for it.
+SMALL_WINDOW = [("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)]
+
+
+@pytest.mark.parametrize("method", ["DetectStream", "ModelStreamInfer"])
+def test_streams_stalled_by_their_reader_then_cancelled_give_everything_back(stream_daemon, visdrone_image: Path,
+                                                                             method: str) -> None:
+    """grpc.aio leaves a streaming handler at its `yield` when the call ends during a write; the
+    daemon still lets the stream's frames go and gets its stream slot and call budget back."""
+    frame = visdrone_image.read_bytes()
+    metrics = metrics_url(stream_daemon)
+    for _ in range(2):  # as many as --max-streams
+        answered = stream_answers(metrics, method)
+        channel = grpc.insecure_channel(stream_daemon.address, options=SMALL_WINDOW)
+        call = open_stream(channel, method, frame, 8)
+        assert next(call).ByteSize() > 1024  # larger than the window
+        # The second answer made and not read: the daemon waits to write it.
+        wait_until(lambda a=answered: stream_answers(metrics, method) >= a + 2, 60, what="a second answer")
+        call.cancel()
+        channel.close()
+    wait_until(lambda: in_flight(metrics) == 0, 30, what="the stalled streams' frames let go")
+    # Both stream slots come back: two streams open at once and answer every frame.
+    with grpc.insecure_channel(stream_daemon.address) as channel:
+        calls = [open_stream(channel, method, frame, 2) for _ in range(2)]
+        assert [len(list(c)) for c in calls] == [2, 2]
 
 
 WINDOW = 2  # --max-stream-frames

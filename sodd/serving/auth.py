@@ -40,6 +40,7 @@ from urllib.parse import unquote
 import grpc
 
 from sodd.observability.logs import quote
+from sodd.serving.streams import relayed
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -212,19 +213,6 @@ def refusal(handler: grpc.RpcMethodHandler | None, code: grpc.StatusCode, messag
     return grpc.stream_stream_rpc_method_handler(refuse, handler.request_deserializer)
 
 
-async def answers(result: Any) -> AsyncIterator[Any]:
-    """The responses of a streaming behaviour, whether it yields them or writes them with
-    `context.write` (grpc_health's Watch does)."""
-    if hasattr(result, "__aiter__"):
-        async for response in result:
-            yield response
-    elif inspect.isawaitable(result):
-        await result
-    else:  # a plain iterator
-        for response in result:
-            yield response
-
-
 async def outcome(result: Any) -> Any:
     return await result if inspect.isawaitable(result) else result
 
@@ -257,8 +245,9 @@ def with_rights(handler: grpc.RpcMethodHandler, rights_of: RightsOf,
 
     async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         await enter(context)
-        async for response in answers(streaming(request, context)):
-            yield response
+        async with relayed(streaming(request, context)) as responses:
+            async for response in responses:
+                yield response
 
     make = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
     return make(stream, deserialize, serialize)
@@ -369,8 +358,9 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
                     await self._check(request, field, rights, context)
                     yield request
 
-            async for response in answers(behavior(allowed(), context)):
-                yield response
+            async with relayed(behavior(allowed(), context)) as responses:
+                async for response in responses:
+                    yield response
 
         return grpc.stream_stream_rpc_method_handler(checked, handler.request_deserializer,
                                                      handler.response_serializer)

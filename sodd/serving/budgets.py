@@ -45,8 +45,9 @@ from google.protobuf import message_factory
 from sodd.config.schema import ServeConfig
 from sodd.model.names import name_problem
 from sodd.oip import grpc_service_pb2
-from sodd.serving.auth import answers, outcome
+from sodd.serving.auth import outcome
 from sodd.serving.deadlines import deadline_passed
+from sodd.serving.streams import ended_with_call, relayed
 from sodd.v1 import detector_pb2
 
 log = logging.getLogger(__name__)
@@ -326,12 +327,15 @@ class BudgetInterceptor(grpc.aio.ServerInterceptor):
                 else:
                     request = None if refused else await self._read_until_ended(method, shape, requests, context)
                     result = (await inner(context)).unary_stream(request, context)
-                async for response in answers(result):
-                    yield response
+                async with relayed(result) as responses:
+                    async for response in responses:
+                        yield response
             finally:
                 give_back()
 
-        return grpc.stream_stream_rpc_method_handler(stream, self._wire_deserializer(method, shape), _serialize)
+        # The outermost layer of every streaming call: it ends the layers below when the call ends.
+        return grpc.stream_stream_rpc_method_handler(ended_with_call(stream), self._wire_deserializer(method, shape),
+                                                     _serialize)
 
     @staticmethod
     def _wire_deserializer(method: str, shape: _Shape) -> Callable[[bytes], Any] | None:

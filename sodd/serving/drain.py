@@ -35,7 +35,8 @@ from typing import Any
 
 import grpc
 
-from sodd.serving.auth import OPEN_SERVICES, answers, outcome, refusal
+from sodd.serving.auth import OPEN_SERVICES, outcome, refusal
+from sodd.serving.streams import relayed
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +145,10 @@ class DrainInterceptor(grpc.aio.ServerInterceptor):
             cut: list[bool] = [False]
             try:
                 source = self._until_closing(request, cut) if reads else request
-                async for response in self._answers_until_closing(behavior(source, context), wait=reads, cut=cut):
-                    yield response
+                async with contextlib.aclosing(self._answers_until_closing(behavior(source, context), wait=reads,
+                                                                           cut=cut)) as responses:
+                    async for response in responses:
+                        yield response
                 if cut[0]:
                     await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
             finally:
@@ -180,20 +183,20 @@ class DrainInterceptor(grpc.aio.ServerInterceptor):
     async def _answers_until_closing(self, result: Any, wait: bool, cut: list[bool]) -> AsyncIterator[Any]:
         """The service's answers; an answer-only stream is cut when the drain refuses, a request
         stream runs on until it has answered the frames it took (its requests end then)."""
-        responses = aiter(answers(result))
-        while True:
-            step = asyncio.ensure_future(anext(responses))
-            if wait or await self._first(step):
-                try:
-                    yield await step
-                except StopAsyncIteration:
-                    return
-                continue
-            step.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                await step
-            cut[0] = True
-            return
+        async with relayed(result) as responses:
+            while True:
+                step = asyncio.ensure_future(anext(responses))
+                if wait or await self._first(step):
+                    try:
+                        yield await step
+                    except StopAsyncIteration:
+                        return
+                    continue
+                step.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await step
+                cut[0] = True
+                return
 
 
 async def drain(server: grpc.aio.Server, interceptor: DrainInterceptor, grace: float, timeout: float) -> int:

@@ -26,6 +26,7 @@ from sodd.observability.metrics import UNKNOWN, UNKNOWN_MODEL, Metrics
 from sodd.observability.requests import RequestRecord, RequestRecorder
 from sodd.runtime.registry import ModelRegistry
 from sodd.serving.deadlines import deadline_passed
+from sodd.serving.streams import relayed
 from sodd.v1 import detector_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -116,12 +117,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         def streaming(behaviour: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
             async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 with self._call_ends(method, context):
-                    result = behaviour(request, context)
-                    if hasattr(result, "__aiter__"):
-                        async for answer in result:
+                    async with relayed(behaviour(request, context)) as answers:
+                        async for answer in answers:
                             yield answer
-                    elif inspect.isawaitable(result):
-                        await result  # a handler that answers through context.write
             return call
 
         kinds = {"unary_unary": (unary, grpc.unary_unary_rpc_method_handler),
@@ -153,8 +151,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             # grpc.aio tells streaming handlers apart by being async generator functions.
             async def observed_stream(requests: AsyncIterator[Any],
                                       context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                async for answer in self._observe_stream(stream, requests, context):
-                    yield answer
+                async with contextlib.aclosing(self._observe_stream(stream, requests, context)) as answers:
+                    async for answer in answers:
+                        yield answer
 
             return grpc.stream_stream_rpc_method_handler(
                 observed_stream, request_deserializer=handler.request_deserializer,
@@ -261,16 +260,13 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         stream_started = time.perf_counter()
         failure: RequestRecord | None = None
         try:
-            result = behaviour(frames(), context)
-            if not hasattr(result, "__aiter__"):
-                await result  # a handler that refuses the stream, or answers through context.write
-                return
-            async for answer in result:
-                if waiting:
-                    record = waiting.popleft()
-                    _frame_answer(record, answer)
-                    self._finish(record)
-                yield answer
+            async with relayed(behaviour(frames(), context)) as answers:
+                async for answer in answers:
+                    if waiting:
+                        record = waiting.popleft()
+                        _frame_answer(record, answer)
+                        self._finish(record)
+                    yield answer
         except BaseException as exc:
             # A stream refused or broken between frames counts once; it was never counted in flight.
             failure = RequestRecord(method, started=stream_started)

@@ -8,6 +8,7 @@ failing backend never takes the daemon down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import traceback
@@ -240,8 +241,9 @@ class DetectorService(pb_grpc.DetectorServicer):
                                 f"{self._open_streams} streams are open, the limit is {self._config.max_streams}")
         self._open_streams += 1
         try:
-            async for answer in self._stream(request_iterator, context):
-                yield answer
+            async with contextlib.aclosing(self._stream(request_iterator, context)) as answers:
+                async for answer in answers:
+                    yield answer
         finally:
             self._open_streams -= 1
 

@@ -1,0 +1,85 @@
+"""How a streaming call's layers end, even when grpc.aio stops iterating them.
+
+grpc.aio runs a streaming handler (an async generator) by iterating it and writing each answer.
+When the call ends while it waits on such a write (a client that stopped reading, then cancelled
+or went away), grpc stops iterating and leaves the generator suspended at its `yield`: none of its
+`finally` blocks run until a garbage collection happens to find it, which in an idle daemon can be
+never. A stream left that way kept its frames counted in flight, its stream slot and its place in
+the call budgets. So:
+
+- every layer that passes another layer's answers on closes that layer when it is closed itself
+  (`relayed`), so that closing the outermost generator ends all of them;
+- the outermost layer closes what it runs once the call has ended (`ended_with_call`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+StreamBehaviour = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+
+# Closings in progress: the event loop only keeps weak references to its tasks.
+_closing: set[asyncio.Task] = set()
+
+
+async def _close(generator: Any) -> None:
+    aclose = getattr(generator, "aclose", None)
+    if aclose is None:
+        return
+    try:
+        await aclose()
+    except RuntimeError:  # still running: the call's cancellation ends it as it unwinds
+        log.debug("a streaming handler was still running when its call ended")
+
+
+async def answers(result: Any) -> AsyncIterator[Any]:
+    """The responses of a streaming behaviour, whether it yields them or writes them with
+    `context.write` (grpc_health's Watch does). Closing this closes `result`."""
+    if hasattr(result, "__aiter__"):
+        try:
+            async for response in result:
+                yield response
+        finally:
+            await _close(result)
+    elif inspect.isawaitable(result):
+        await result
+    else:  # a plain iterator
+        for response in result:
+            yield response
+
+
+def relayed(result: Any) -> contextlib.aclosing:
+    """`async with relayed(behaviour(...)) as responses`: its answers, closed with the block."""
+    if hasattr(result, "__aiter__") and hasattr(result, "aclose"):
+        return contextlib.aclosing(result)  # an async generator already: no layer in between
+    return contextlib.aclosing(answers(result))
+
+
+def ended_with_call(behaviour: StreamBehaviour) -> StreamBehaviour:
+    """`behaviour` as a streaming handler for grpc.aio: when the call ends, the generator
+    `behaviour` returned is closed (its `finally` blocks run), whether grpc finished iterating it
+    or left it at a `yield`."""
+
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        inner = behaviour(request, context)
+
+        def call_ended(_: object) -> None:
+            task = asyncio.get_running_loop().create_task(_close(inner))
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
+
+        context.add_done_callback(call_ended)
+        async with relayed(inner) as responses:
+            async for response in responses:
+                yield response
+
+    return handler
