@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 from sodd.v1 import detector_pb2 as pb
 from sodd.v1 import detector_pb2_grpc as pb_grpc
 from tests.conftest import Daemon, start_daemon
+from tests.http2_helpers import NonReadingClient
 from tests.metrics_helpers import metrics_url
 from tests.service_helpers import jpeg_bytes
 from tests.test_budgets import bodyless, code_details
@@ -146,6 +147,51 @@ def test_open_calls_cannot_lock_out_detection_or_health(daemon: Daemon) -> None:
     while (outcome := detect(daemon.address, TINY_ONLY))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED:
         assert time.monotonic() < deadline, outcome
     assert outcome == (grpc.StatusCode.OK, "")
+
+
+def test_answers_a_client_never_takes_cannot_lock_out_detection_or_health(tiny_model_dirs: dict[str, Path],
+                                                                         tmp_path: Path) -> None:
+    """A client that never opens its HTTP/2 receive window, sending Detect calls a few at a time:
+    each call is admitted and answered, and its answer then waits to be written. Before, its places
+    went back when the handler returned, so such calls piled up until gRPC's own limit on calls in
+    progress was full, and every other client got "Concurrent RPC limit exceeded", health checks
+    included. Now they keep their places until they end: the client host holds its share, no more."""
+    daemon = start_daemon(["--model", f"tiny={tiny_model_dirs['both']}", "--max-inference-calls", "8",
+                           "--max-calls-per-peer", "4", "--max-concurrent-rpcs", "1"], tmp_path / "daemon.log")
+    # gRPC's limit is then the budgets' sum plus 256: 8 + 16 + 32 + 256 = 312 calls in progress.
+    request = pb.DetectRequest(image=pb.Image(encoded=jpeg_bytes(64, 64))).SerializeToString()
+
+    def send_four(client: NonReadingClient) -> list[int]:
+        """Four Detect calls (max_calls_per_peer), once the daemon has answered or refused each."""
+        calls = [client.call("/sodd.v1.Detector/Detect", request) for _ in range(4)]
+        client.wait(lambda: all(c in client.answered for c in calls), 30, what="the calls' response headers")
+        return calls
+
+    try:
+        client = NonReadingClient(daemon.address, "127.0.0.2")
+        calls = [c for _ in range(100) for c in send_four(client)]  # 400 calls
+        waiting = [c for c in calls if c not in client.ended]
+        assert waiting == calls[:4]  # this host's share; every later call was refused at once
+        assert {client.ended[c] for c in calls[4:]} == {str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])}
+        # Another client host is served, and health answers.
+        with grpc.insecure_channel(daemon.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            answer = pb_grpc.DetectorStub(channel).Detect(pb.DetectRequest(image=pb.Image(encoded=jpeg_bytes())),
+                                                          timeout=30)
+            assert answer.model == "tiny"
+        # The host's places come back when its connection goes: a new connection's calls are admitted.
+        client.close()
+        deadline = time.monotonic() + 30
+        while True:
+            again = NonReadingClient(daemon.address, "127.0.0.2")
+            admitted = [c for c in send_four(again) if c not in again.ended]
+            again.close()
+            if len(admitted) == 4:
+                break
+            assert time.monotonic() < deadline, "the closed connection's places never came back"
+    finally:
+        assert daemon.stop() == 0, daemon.log()[-5000:]
 
 
 # -- 2: management needs authority ---------------------------------------------------------------

@@ -17,6 +17,15 @@ on its own budget, so one kind cannot starve another:
 A refused call gets RESOURCE_EXHAUSTED naming its budget, before its body is read. A call whose
 request message does not arrive within `request_body_timeout_seconds` gets DEADLINE_EXCEEDED.
 
+An admitted call keeps its places until it has ended, not only until its handler returns: gRPC
+writes an answer only as far as the client's HTTP/2 receive window allows, so a client that never
+opens it leaves each answered call running. When such calls gave their places back on return, one
+client sending a few at a time piled them up until gRPC's own limit was full, and every other client,
+health checks included, got "Concurrent RPC limit exceeded". Now a client host holds at most its
+share (`max_calls_per_peer`) of such calls, for as long as it keeps its connection; gRPC offers no
+way to cut one call whose answer waits, so `max_connection_age_seconds` (a GOAWAY, then the
+connection closed after its grace) is what bounds how long.
+
 Reading the body here, rather than letting grpc read it before any handler runs, is what allows
 both: a unary request is served by a stream-request handler that reads the one message itself
 (the bytes on the wire are the same). Detector calls reach the inner interceptors (metrics, drain,
@@ -308,30 +317,25 @@ class BudgetInterceptor(grpc.aio.ServerInterceptor):
             async def unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
                 if self.refuses(details):
                     return await outcome((await inner(context)).unary_unary(None, context))
-                give_back = await self._enter(method, budget, context)
-                try:
-                    request = await self._read_until_ended(method, shape, requests, context)
-                    handler = await inner(context)
-                    return await outcome(handler.unary_unary(request, context))
-                finally:
-                    give_back()
+                _when_call_ends(await self._enter(method, budget, context))
+                request = await self._read_until_ended(method, shape, requests, context)
+                handler = await inner(context)
+                return await outcome(handler.unary_unary(request, context))
 
             return grpc.stream_unary_rpc_method_handler(unary, self._wire_deserializer(method, shape), _serialize)
 
         async def stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             refused = self.refuses(details)
-            give_back = (lambda: None) if refused else await self._enter(method, budget, context)
-            try:
-                if shape.request_streaming:
-                    result = (await inner(context)).stream_stream(self._parsed(shape, requests), context)
-                else:
-                    request = None if refused else await self._read_until_ended(method, shape, requests, context)
-                    result = (await inner(context)).unary_stream(request, context)
-                async with relayed(result) as responses:
-                    async for response in responses:
-                        yield response
-            finally:
-                give_back()
+            if not refused:
+                _when_call_ends(await self._enter(method, budget, context))
+            if shape.request_streaming:
+                result = (await inner(context)).stream_stream(self._parsed(shape, requests), context)
+            else:
+                request = None if refused else await self._read_until_ended(method, shape, requests, context)
+                result = (await inner(context)).unary_stream(request, context)
+            async with relayed(result) as responses:
+                async for response in responses:
+                    yield response
 
         # The outermost layer of every streaming call: it ends the layers below when the call ends.
         return grpc.stream_stream_rpc_method_handler(ended_with_call(stream), self._wire_deserializer(method, shape),
@@ -342,6 +346,12 @@ class BudgetInterceptor(grpc.aio.ServerInterceptor):
         """None (grpc hands over the bytes, `_parse` parses them) for Detector calls; the open
         services' small messages are parsed by grpc as they come."""
         return None if method in SHAPES else shape.deserialize
+
+
+def _when_call_ends(give_back: Callable[[], None]) -> None:
+    """`give_back` once the current call has ended: answer and status written, or the call cancelled.
+    gRPC runs a call, its handlers and the writing of its answer, in one asyncio task."""
+    asyncio.current_task().add_done_callback(lambda _task: give_back())
 
 
 def grpc_ceiling(config: ServeConfig) -> int:
