@@ -56,7 +56,7 @@ from sodd.model.names import name_problem
 from sodd.oip import grpc_service_pb2
 from sodd.serving.auth import outcome
 from sodd.serving.deadlines import deadline_passed
-from sodd.serving.streams import ended_with_call, relayed
+from sodd.serving.streams import ended_with_call, relayed, when_call_ends
 from sodd.v1 import detector_pb2
 
 log = logging.getLogger(__name__)
@@ -317,7 +317,7 @@ class BudgetInterceptor(grpc.aio.ServerInterceptor):
             async def unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
                 if self.refuses(details):
                     return await outcome((await inner(context)).unary_unary(None, context))
-                _when_call_ends(await self._enter(method, budget, context))
+                when_call_ends(await self._enter(method, budget, context))
                 request = await self._read_until_ended(method, shape, requests, context)
                 handler = await inner(context)
                 return await outcome(handler.unary_unary(request, context))
@@ -327,7 +327,7 @@ class BudgetInterceptor(grpc.aio.ServerInterceptor):
         async def stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             refused = self.refuses(details)
             if not refused:
-                _when_call_ends(await self._enter(method, budget, context))
+                when_call_ends(await self._enter(method, budget, context))
             if shape.request_streaming:
                 result = (await inner(context)).stream_stream(self._parsed(shape, requests), context)
             else:
@@ -346,12 +346,6 @@ class BudgetInterceptor(grpc.aio.ServerInterceptor):
         """None (grpc hands over the bytes, `_parse` parses them) for Detector calls; the open
         services' small messages are parsed by grpc as they come."""
         return None if method in SHAPES else shape.deserialize
-
-
-def _when_call_ends(give_back: Callable[[], None]) -> None:
-    """`give_back` once the current call has ended: answer and status written, or the call cancelled.
-    gRPC runs a call, its handlers and the writing of its answer, in one asyncio task."""
-    asyncio.current_task().add_done_callback(lambda _task: give_back())
 
 
 def grpc_ceiling(config: ServeConfig) -> int:

@@ -9,7 +9,8 @@ the call budgets. So:
 
 - every layer that passes another layer's answers on closes that layer when it is closed itself
   (`relayed`), so that closing the outermost generator ends all of them;
-- the outermost layer closes what it runs once the call has ended (`ended_with_call`).
+- the outermost layer closes what it runs once the call has ended (`ended_with_call`, on
+  `when_call_ends`, which the call budgets also use to hold their places until then).
 """
 
 from __future__ import annotations
@@ -18,41 +19,35 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import grpc
 
 log = logging.getLogger(__name__)
 
-StreamBehaviour = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+StreamBehaviour = Callable[[Any, grpc.aio.ServicerContext], AsyncGenerator[Any, None]]
 
 # Closings in progress: the event loop only keeps weak references to its tasks.
 _closing: set[asyncio.Task] = set()
 
 
-async def _close(generator: Any) -> None:
-    aclose = getattr(generator, "aclose", None)
-    if aclose is None:
-        return
+async def _close(generator: AsyncGenerator[Any, None]) -> None:
     try:
-        await aclose()
+        await generator.aclose()
     except RuntimeError:  # still running: the call's cancellation ends it as it unwinds
         log.debug("a streaming handler was still running when its call ended")
 
 
-async def answers(result: Any) -> AsyncIterator[Any]:
-    """The responses of a streaming behaviour, whether it yields them or writes them with
-    `context.write` (grpc_health's Watch does). Closing this closes `result`."""
+async def _answers(result: Any) -> AsyncIterator[Any]:
+    """The responses of a streaming behaviour that is not an async generator: one that writes them
+    with `context.write` (grpc_health's Watch does), or a plain iterator."""
     if hasattr(result, "__aiter__"):
-        try:
-            async for response in result:
-                yield response
-        finally:
-            await _close(result)
+        async for response in result:
+            yield response
     elif inspect.isawaitable(result):
         await result
-    else:  # a plain iterator
+    else:
         for response in result:
             yield response
 
@@ -61,7 +56,14 @@ def relayed(result: Any) -> contextlib.aclosing:
     """`async with relayed(behaviour(...)) as responses`: its answers, closed with the block."""
     if hasattr(result, "__aiter__") and hasattr(result, "aclose"):
         return contextlib.aclosing(result)  # an async generator already: no layer in between
-    return contextlib.aclosing(answers(result))
+    return contextlib.aclosing(_answers(result))
+
+
+def when_call_ends(callback: Callable[[], None]) -> None:
+    """Call `callback` once the current call has ended: answer and status written, or the call
+    cancelled; a handler returning is not the end, as its answer may still wait for the client.
+    gRPC runs a call, its handlers and the writing of its answers, in one asyncio task."""
+    asyncio.current_task().add_done_callback(lambda _task: callback())
 
 
 def ended_with_call(behaviour: StreamBehaviour) -> StreamBehaviour:
@@ -69,15 +71,15 @@ def ended_with_call(behaviour: StreamBehaviour) -> StreamBehaviour:
     `behaviour` returned is closed (its `finally` blocks run), whether grpc finished iterating it
     or left it at a `yield`."""
 
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncGenerator[Any, None]:
         inner = behaviour(request, context)
 
-        def call_ended(_: object) -> None:
+        def close_inner() -> None:
             task = asyncio.get_running_loop().create_task(_close(inner))
             _closing.add(task)
             task.add_done_callback(_closing.discard)
 
-        context.add_done_callback(call_ended)
+        when_call_ends(close_inner)
         async with relayed(inner) as responses:
             async for response in responses:
                 yield response
