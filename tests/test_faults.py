@@ -4,7 +4,6 @@ port, and clients that are slow, vanish or cancel. Each has a documented behavio
 
 from __future__ import annotations
 
-import re
 import shutil
 import socket
 import struct
@@ -23,6 +22,7 @@ from sodd.oip import grpc_service_pb2_grpc as oip_grpc
 from sodd.v1 import detector_pb2 as pb
 from sodd.v1 import detector_pb2_grpc as pb_grpc
 from tests.conftest import Daemon, start_daemon
+from tests.metrics_helpers import metrics_url, samples, scrape, value
 from tests.service_helpers import wait_until
 
 
@@ -100,15 +100,7 @@ def test_taken_metrics_port_serves_without_metrics_until_it_frees(tiny_model_dir
 
 def in_flight(metrics_url: str) -> float:
     """Detection requests and stream frames the daemon holds now (its sodd_requests_in_flight)."""
-    with urllib.request.urlopen(metrics_url, timeout=10) as r:
-        text = r.read().decode()
-    return sum(float(m.group(1)) for m in re.finditer(r"^sodd_requests_in_flight\{[^}]*\} (\S+)$", text, re.MULTILINE))
-
-
-def metrics_url(daemon: Daemon) -> str:
-    match = re.search(r"metrics on (http://\S+)", daemon.log())
-    assert match, daemon.log()
-    return match.group(1)
+    return value(samples(scrape(metrics_url)), "sodd_requests_in_flight")
 
 
 @pytest.fixture(scope="module")
@@ -175,10 +167,7 @@ def test_vanishing_and_cancelling_clients_leave_nothing_behind(stream_daemon, vi
 
 def stream_answers(metrics_url: str, method: str) -> float:
     """Stream frames of `method` the daemon has answered so far (its sodd_requests_total)."""
-    with urllib.request.urlopen(metrics_url, timeout=10) as r:
-        text = r.read().decode()
-    return sum(float(m.group(1)) for m in re.finditer(
-        rf'^sodd_requests_total\{{[^}}]*method="{method}"[^}}]*\}} (\S+)$', text, re.MULTILINE))
+    return value(samples(scrape(metrics_url)), "sodd_requests_total", method=method)
 
 
 def open_stream(channel: grpc.Channel, method: str, frame: bytes, count: int) -> Iterator[Any]:
