@@ -65,7 +65,7 @@ def test_quantize_writes_an_int8_model_with_its_measured_cost(quantized: Path,
 
 def test_only_operations_with_int8_kernels_have_their_inputs_quantized(quantized: Path) -> None:
     """Quantizing the inputs of batch norms, multiplies and adds as well (NNCF's default) cost the
-    default model 2.7 mAP points and bought no speed: OpenVINO runs those in f32 whatever their input."""
+    default model 2.7 mAP points and made it slower: OpenVINO runs those in f32 whatever their input."""
     from hw_plugins.openvino import import_openvino
     from sodd.training.quantization import INT8_OPERATIONS
 
