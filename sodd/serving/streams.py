@@ -24,12 +24,14 @@ from typing import Any
 
 import grpc
 
+from sodd.runtime.tasks import TaskSet
+
 log = logging.getLogger(__name__)
 
 StreamBehaviour = Callable[[Any, grpc.aio.ServicerContext], AsyncGenerator[Any, None]]
 
-# Closings in progress: the event loop only keeps weak references to its tasks.
-_closing: set[asyncio.Task] = set()
+# Closings in progress, referenced until done (the event loop keeps only weak references).
+_closers = TaskSet("closing ended streams")
 
 
 async def _close(generator: AsyncGenerator[Any, None]) -> None:
@@ -74,12 +76,7 @@ def ended_with_call(behaviour: StreamBehaviour) -> StreamBehaviour:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncGenerator[Any, None]:
         inner = behaviour(request, context)
 
-        def close_inner() -> None:
-            task = asyncio.get_running_loop().create_task(_close(inner))
-            _closing.add(task)
-            task.add_done_callback(_closing.discard)
-
-        when_call_ends(close_inner)
+        when_call_ends(lambda: _closers.spawn(_close(inner)))
         async with relayed(inner) as responses:
             async for response in responses:
                 yield response
