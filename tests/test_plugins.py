@@ -12,6 +12,8 @@ import importlib
 import importlib.util
 import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -324,3 +326,45 @@ def test_tensorrt_shapes_come_from_hpi_else_from_the_resize_target(picodet_dir: 
         GpuPlugin().load(read_model_dir(picodet_dir), "gpu:0", {"mode": "trt_int4"})
     with pytest.raises(InvalidArgument, match="unknown option"):
         GpuPlugin().load(read_model_dir(picodet_dir), "gpu:0", {"precision": "fp16"})
+
+
+# Runs the cpu plugin's predictor in a fresh process (Paddle's flags are the process's) and prints
+# the most wake-ups per run of any thread other than the caller: Paddle's garbage collector's.
+GC_WAKEUPS = """
+import glob, sys, threading
+from hw_plugins.cpu import CpuPlugin, smoke_inputs
+from sodd.model.modeldir import read_model_dir
+model = read_model_dir(sys.argv[1])
+predictor = CpuPlugin().load(model, "cpu", {"threads": "2"})
+inputs = smoke_inputs(model, predictor.input_names)
+for _ in range(3):
+    predictor.run(inputs)
+def woken():
+    counts = {}
+    for task in glob.glob("/proc/self/task/*"):
+        status = open(task + "/status").read()
+        counts[task] = int(status.split("\\nvoluntary_ctxt_switches:")[1].split()[0])
+    return counts
+caller = f"/proc/self/task/{threading.get_native_id()}"
+before = woken()
+for _ in range(20):
+    predictor.run(inputs)
+after = woken()
+print(max((after[t] - before.get(t, 0)) / 20 for t in after if t != caller))
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="counts wake-ups in /proc")
+def test_cpu_predictor_frees_tensors_in_batches_not_after_every_op(tiny_model_dirs: dict[str, Path]) -> None:
+    """Paddle's garbage-collector thread woke once per op (PaddleX's setting), preempting a math
+    thread each time; the cpu plugin has it free in batches, unless the operator set the flag."""
+    def wakeups(env: dict[str, str]) -> float:
+        env = {**{k: v for k, v in os.environ.items() if k != "FLAGS_eager_delete_tensor_gb"}, **env}
+        done = subprocess.run([sys.executable, "-c", GC_WAKEUPS, str(tiny_model_dirs["both"])], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300, check=True)
+        return float(done.stdout.split()[-1])
+
+    per_op = wakeups({"FLAGS_eager_delete_tensor_gb": "0"})  # the operator's choice is kept
+    batched = wakeups({})
+    assert per_op >= 10, f"the tiny program's collector woke {per_op} times a run"
+    assert batched <= per_op / 4, f"batched collection woke {batched} times a run, per-op {per_op}"
