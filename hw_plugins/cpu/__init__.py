@@ -35,8 +35,8 @@ from sodd.plugins.options import Option, OptionSchema
 from sodd.plugins.protocol import DeviceInfo
 
 PRECISIONS = ("fp32", "bf16")
-# Paddle's FLAGS_eager_delete_tensor_gb: 0 (its default, and PaddleX's) hands the garbage-collector
-# thread every op's tensors at once. Batches of 2 MiB cut its wake-ups from about 400 to 66 a run
+# Paddle's FLAGS_eager_delete_tensor_gb: at 0 (its default, and PaddleX's) the garbage-collector
+# thread is woken after every op. Batches of 2 MiB cut its wake-ups from about 400 to 66 a run
 # on PicoDet-XS and took 3 to 4 ms off its 28 ms inference; resident memory stayed within a few
 # MiB. Larger batches were slower again (10 MiB: SOD-S +4 %), no collection at all (-1) was fastest
 # but kept every intermediate tensor: +500 MiB for PicoDet-XS. docs/benchmarks.md has the runs.
