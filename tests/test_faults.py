@@ -98,9 +98,9 @@ def test_taken_metrics_port_serves_without_metrics_until_it_frees(tiny_model_dir
         daemon.stop()
 
 
-def in_flight(metrics_url: str) -> float:
+def in_flight(url: str) -> float:
     """Detection requests and stream frames the daemon holds now (its sodd_requests_in_flight)."""
-    return value(samples(scrape(metrics_url)), "sodd_requests_in_flight")
+    return value(samples(scrape(url)), "sodd_requests_in_flight")
 
 
 @pytest.fixture(scope="module")
@@ -165,9 +165,9 @@ def test_vanishing_and_cancelling_clients_leave_nothing_behind(stream_daemon, vi
     assert stream_daemon.process.poll() is None
 
 
-def stream_answers(metrics_url: str, method: str) -> float:
+def stream_answers(url: str, method: str) -> float:
     """Stream frames of `method` the daemon has answered so far (its sodd_requests_total)."""
-    return value(samples(scrape(metrics_url)), "sodd_requests_total", method=method)
+    return value(samples(scrape(url)), "sodd_requests_total", method=method)
 
 
 def open_stream(channel: grpc.Channel, method: str, frame: bytes, count: int) -> Iterator[Any]:
