@@ -23,7 +23,7 @@ from sodd.model.preprocess import Prepared
 from sodd.plugins.devices import parse_devices
 from sodd.plugins.protocol import DeviceInfo
 from sodd.runtime.detection import DetectOptions, Detector, ImageInput, Limits
-from sodd.runtime.engine import ModelRunner
+from sodd.runtime.engine import LONE_STREAK, ModelRunner
 from sodd.runtime.events import ModelEvent, ModelState
 from sodd.runtime.manager import ModelManager
 from sodd.runtime.registry import ModelRegistry
@@ -274,6 +274,38 @@ def test_a_lone_request_gets_the_wide_predictor_and_load_the_narrow_ones_never_b
     assert len(overlaps.order) == 26
     assert ("narrow0", "narrow1") in overlaps.together, "the narrow instances never ran at the same time"
     assert not [t for t in overlaps.together if "wide" in t], "the wide predictor shared the cores"
+
+
+def test_the_wide_predictor_waits_until_a_client_has_been_alone_a_while(workers: WorkerThreads) -> None:
+    """Two clients' requests overlap; when one arrives just after the other's answer, it must not
+    take the wide predictor (the other would wait behind it with the narrow instances idle). The
+    engine keeps the wide predictor for a client alone for LONE_STREAK admissions in a row."""
+    ran: list[str] = []
+    runner = ModelRunner([GatedPredictor("narrow0"), GatedPredictor("narrow1")], max_pending=8, name="t",
+                         workers=workers, max_batch_size=1, combine_requests=False,
+                         wide=GatedPredictor("wide"))
+    for p in runner.all_predictors:
+        p.on_run = lambda name: ran.append("wide" if name == "wide" else "narrow")
+
+    def request(value: float) -> None:  # the daemon's order: admit, prepare, submit, answer, release
+        admission = runner.admit(1)
+        try:
+            runner.submit([item(value)])[0].result(WAIT)
+        finally:
+            admission.release()
+
+    try:
+        request(0.1)
+        assert ran == ["wide"], "a lone client gets every core"
+        other = runner.admit(1)  # a second client's request, still being decoded
+        request(0.2)
+        assert ran[1:] == ["narrow"], "an image took the wide predictor while another request was on its way"
+        other.release()
+        for i in range(LONE_STREAK):  # requests one at a time again: narrow until the streak is long
+            request(0.3 + i / 100)
+    finally:
+        runner.close()
+    assert ran[2:] == ["narrow"] * (LONE_STREAK - 1) + ["wide"]
 
 
 def test_a_lone_request_wakes_only_the_wide_loop(workers: WorkerThreads, monkeypatch: pytest.MonkeyPatch) -> None:
