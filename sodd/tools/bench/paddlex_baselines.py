@@ -23,11 +23,10 @@ import yaml
 from sodd.model.modeldir import ModelDir
 from sodd.tools.bench.daemon import ChildServer
 from sodd.tools.bench.images import ImageSet
+from sodd.tools.bench.rounds import RoundsChild
 from sodd.tools.bench.stats import Measurement
-from sodd.tools.daemon_process import wait_or_kill
 
 WORKER = Path(__file__).with_name("paddlex_worker.py")
-RESULT_MARK = "SODD-BENCH-RESULT "  # paddlex_worker.py's (it cannot import sodd)
 CHECKOUT = Path(__file__).resolve().parents[3]
 
 
@@ -69,47 +68,22 @@ def measure_predict(python: Path, model: ModelDir, image_sets: Sequence[ImageSet
     return PredictRun(measurements, {"paddlex": data["paddlex"], "paddle": data["paddle"]})
 
 
-class PredictRounds:
+class PredictRounds(RoundsChild):
     """PaddleX's predict loop kept loaded in its own process, measuring one round when told, so its
     rounds can alternate with sodd's and a drift of the machine's load hits both."""
 
     def __init__(self, python: Path, model: ModelDir, image_sets: Sequence[ImageSet], threads: int,
-                 workdir: Path, timeout: float = 600.0) -> None:
+                 workdir: Path) -> None:
         job = workdir / "paddlex-rounds.json"
         job.write_text(json.dumps({"model_name": model.model_name, "model_dir": str(model.path),
                                    "sets": [[str(p) for p in s.paths] for s in image_sets]}))
-        self._log = open(workdir / "paddlex-rounds.log", "w")  # noqa: SIM115 - closed in close()
-        self._process = subprocess.Popen([str(python), str(WORKER), "--rounds", str(job)], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=self._log, text=True,
-                                         env=paddlex_env(threads))
+        super().__init__("PaddleX predict rounds", [str(python), str(WORKER), "--rounds", str(job)],
+                         workdir / "paddlex-rounds.log", paddlex_env(threads))
         self.threads = threads
-        self.versions: dict[str, str] = self._answer()
-
-    def _answer(self) -> dict:
-        assert self._process.stdout is not None
-        for line in self._process.stdout:
-            if line.startswith(RESULT_MARK):
-                return json.loads(line[len(RESULT_MARK):])
-        raise RuntimeError(f"PaddleX predict rounds ended (exit {self._process.wait()}); "
-                           f"see {self._log.name}")
+        self.versions: dict[str, str] = self.hello
 
     def measure(self, set_index: int, requests: int, warmup: int) -> dict:
-        assert self._process.stdin is not None
-        self._process.stdin.write(json.dumps({"set": set_index, "requests": requests, "warmup": warmup}) + "\n")
-        self._process.stdin.flush()
-        return self._answer()
-
-    def close(self) -> None:
-        if self._process.stdin is not None:
-            self._process.stdin.close()  # the worker ends at the end of its input
-        wait_or_kill(self._process, 30)
-        self._log.close()
-
-    def __enter__(self) -> PredictRounds:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return self.ask({"set": set_index, "requests": requests, "warmup": warmup})
 
 
 @dataclass(frozen=True)
