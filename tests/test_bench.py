@@ -19,6 +19,7 @@ from sodd_client.bench import percentile
 
 from sodd.tools.bench.plain import PlainSetup
 from sodd.tools.bench.report import targets, write_section
+from sodd.tools.bench.runner import ROUND_REQUESTS_PER_CLIENT, ThroughputRounds
 from sodd.tools.bench.stats import Measurement
 from tests.conftest import REPO, Daemon, paddlex_python
 
@@ -104,6 +105,41 @@ def test_bench_paddlex_baselines(tiny_model_dirs: dict[str, Path], bench_image: 
     (target,) = [t for t in report["targets"] if "interleaved" in t["name"]]
     assert target["measured"] > 0 and "median of 2 rounds" in target["basis"]
     assert "alternating rounds" in result.stdout
+
+
+def test_bench_interleaves_the_plain_loops_at_eight_clients(tiny_model_dirs: dict[str, Path], bench_image: Path,
+                                                           tmp_path: Path) -> None:
+    """The 8-client comparison with the plain loops alternates with them in rounds, as the one-client
+    comparison with PaddleX's predict does, so a drift of the machine's load hits both."""
+    out = tmp_path / "run.json"
+    result = run_bench(["--model-dir", str(tiny_model_dirs["both"]), "--image", str(bench_image),
+                        "--concurrency", "8", "--rounds", "2", "--requests", "4", "--warmup", "1",
+                        "--plain-setups", "1x1,2x1", "--no-paddlex-predict", "--no-paddlex-serving",
+                        "--json", str(out)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    per_round = ROUND_REQUESTS_PER_CLIENT * 8  # --requests 4 is too few for a throughput round
+    (rounds,) = report["throughput_rounds"]
+    assert rounds["clients"] == 8 and len(rounds["sodd"]) == 2 and len(rounds["ratios"]) == 2
+    assert sorted(rounds["plain"]) == ["1x1", "2x1"] and all(len(r) == 2 for r in rounds["plain"].values())
+    plain = by_system(report, "plain")  # measured in the rounds, not again on their own
+    assert sorted(m["setup"] for m in plain) == ["1x1", "2x1"]
+    for m in [*plain, *by_system(report, "sodd")]:
+        assert m["requests"] == m["ok"] == 2 * per_round, m
+    (target,) = [t for t in report["targets"] if t["name"] == "8 clients: sodd / best plain images/s"]
+    assert target["measured"] > 0 and "median of 2 interleaved rounds" in target["basis"]
+    assert "Many clients, sodd over gRPC and the plain loops in alternating rounds" in result.stdout
+
+
+def test_interleaved_rounds_compare_with_each_rounds_best_plain_setup() -> None:
+    rounds = ThroughputRounds("640x360", "", 8, [10.0, 9.0, 12.0], {"1x2": [8.0, 12.0, 10.0], "2x1": [11.0, 9.0, 10.0]})
+    assert rounds.best_plain == [11.0, 12.0, 10.0]
+    assert rounds.ratios == pytest.approx([10 / 11, 9 / 12, 1.2])
+    assert rounds.ratio == pytest.approx(10 / 11)
+    ms = [Measurement("sodd", "", "640x360", 8, 10, 10, 1.0, [0.1] * 10)]
+    (target,) = [t for t in targets(ms, [rounds]) if t.name == "8 clients: sodd / best plain images/s"]
+    assert target.measured == pytest.approx(10 / 11) and target.reached is False
+    assert target.basis.startswith("median of 3 interleaved rounds, 0.75 to 1.20")
 
 
 def test_bench_reports_a_missing_paddlex_environment(tiny_model_dirs: dict[str, Path], bench_image: Path,

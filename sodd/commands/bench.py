@@ -53,8 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "CORESx1; empty: none")
     p.add_argument("--rounds", type=int, default=5,
                    help="at 1 client, alternate sodd and PaddleX's predict in this many rounds (the requests "
-                        "split among them) and report the ratio's median and spread; 0 or 1: PaddleX's predict "
-                        "runs on its own before the servers (default 5)")
+                        "split among them), and at 8 clients sodd and the plain loops (at least 6 requests per "
+                        "client a round), and report each ratio's median and spread; 0 or 1: the baselines run "
+                        "on their own before the servers (default 5)")
     p.add_argument("--no-paddlex-predict", action="store_true", help="skip PaddleX's predict loop")
     p.add_argument("--no-paddlex-serving", action="store_true", help="skip PaddleX's own serving")
     p.add_argument("--paddlex-python", type=Path,
@@ -160,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     images_facts = {s.label: f"{len(s.encoded)} file(s), {sum(map(len, s.encoded)) / 1024:.0f} KiB encoded"
                     for s in sets}
     data = report.to_dict(settings, facts, model_facts, images_facts, outcome.measurements, outcome.skipped,
-                          outcome.versions, outcome.interleaved)
+                          outcome.versions, outcome.interleaved, outcome.throughput_rounds)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=2) + "\n")
@@ -175,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"sodd bench: no plot written ({type(exc).__name__}: {exc})", file=sys.stderr)
             plot_path = None
     text = report.markdown(name, data, outcome.measurements, _relative(plot_path, args.doc) if plot_path else None,
-                           outcome.interleaved)
+                           outcome.interleaved, outcome.throughput_rounds)
     if args.doc:
         report.write_section(args.doc, name, text)
     print(text)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from sodd.model.postprocess import resolve_threshold
 from sodd.observability.quiet import native_stdout_filtered
 from sodd.plugins.protocol import Predictor, discover_plugins
 from sodd.tools.bench.images import ImageSet
+from sodd.tools.bench.rounds import RESULT_MARK, RoundsChild
 from sodd.tools.bench.stats import Measurement
 
 MAX_PIXELS = 1 << 31
@@ -84,39 +86,45 @@ def load_predictors(model_path: Path, setup: PlainSetup, device: str = "cpu") ->
 def measure(model_path: Path, images: ImageSet, setup: PlainSetup, requests: int, warmup: int,
             device: str = "cpu") -> Measurement:
     model, predictors = load_predictors(model_path, setup, device)
-    encoded = list(images.encoded)
     try:
-        for predictor in predictors:
-            for i in range(warmup):
-                _detect(model, predictor, [encoded[i % len(encoded)]] * setup.batch)
-        counter = _Counter(requests)
-        latencies: list[float] = []
-        failures: list[tuple[BaseException, int]] = []
-        lock = threading.Lock()
-
-        def work(predictor: Predictor) -> None:
-            while indices := counter.take(setup.batch):
-                start = time.perf_counter()
-                try:
-                    _detect(model, predictor, [encoded[i % len(encoded)] for i in indices])
-                except Exception as exc:  # noqa: BLE001 - counted as lost, reported by the caller
-                    with lock:
-                        failures.append((exc, len(indices)))
-                    continue
-                elapsed = time.perf_counter() - start
-                with lock:
-                    latencies.extend([elapsed] * len(indices))  # each image waited for its whole batch
-
-        threads = [threading.Thread(target=work, args=(p,), daemon=True) for p in predictors]
-        start = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        seconds = time.perf_counter() - start
+        return run_loop(model, predictors, images, setup, requests, warmup)
     finally:
         for predictor in predictors:
             predictor.close()
+
+
+def run_loop(model: ModelDir, predictors: list[Predictor], images: ImageSet, setup: PlainSetup, requests: int,
+             warmup: int) -> Measurement:
+    """`requests` images through loaded predictors, one Python thread per predictor."""
+    encoded = list(images.encoded)
+    for predictor in predictors:
+        for i in range(warmup):
+            _detect(model, predictor, [encoded[i % len(encoded)]] * setup.batch)
+    counter = _Counter(requests)
+    latencies: list[float] = []
+    failures: list[tuple[BaseException, int]] = []
+    lock = threading.Lock()
+
+    def work(predictor: Predictor) -> None:
+        while indices := counter.take(setup.batch):
+            start = time.perf_counter()
+            try:
+                _detect(model, predictor, [encoded[i % len(encoded)] for i in indices])
+            except Exception as exc:  # noqa: BLE001 - counted as lost, reported by the caller
+                with lock:
+                    failures.append((exc, len(indices)))
+                continue
+            elapsed = time.perf_counter() - start
+            with lock:
+                latencies.extend([elapsed] * len(indices))  # each image waited for its whole batch
+
+    threads = [threading.Thread(target=work, args=(p,), daemon=True) for p in predictors]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - start
     errors: dict[str, int] = {}
     for exc, n in failures:
         key = f"{type(exc).__name__}: {str(exc)[:200]}"
@@ -137,7 +145,57 @@ def measure_in_child(model_path: Path, images: ImageSet, setup: PlainSetup, requ
                        data["latencies"], data["errors"])
 
 
+class PlainRounds(RoundsChild):
+    """One plain set-up kept loaded in its own process, measuring one round when told, so its rounds
+    can alternate with sodd's (`python -m sodd.tools.bench.plain --rounds MODEL_DIR SETUP DEVICE`)."""
+
+    def __init__(self, model_path: Path, setup: PlainSetup, image_sets: Sequence[ImageSet], workdir: Path,
+                 device: str = "cpu") -> None:
+        super().__init__(f"plain loop {setup.name} rounds",
+                         [sys.executable, "-m", "sodd.tools.bench.plain", "--rounds", str(model_path), setup.name,
+                          device], workdir / f"plain-{setup.name}-rounds.log")
+        self.setup = setup
+        self._image_sets = list(image_sets)
+
+    def measure(self, set_index: int, requests: int, warmup: int) -> Measurement:
+        images = self._image_sets[set_index]
+        data = self.ask({"label": images.label, "paths": [str(p) for p in images.paths], "requests": requests,
+                         "warmup": warmup})
+        return Measurement("plain", self.setup.name, images.label, self.setup.predictors, requests, data["ok"],
+                           data["seconds"], data["latencies"], data["errors"])
+
+
+def _result(m: Measurement) -> dict:
+    return {"ok": m.ok, "seconds": m.seconds, "latencies": list(m.latencies), "errors": dict(m.errors)}
+
+
+def serve_rounds(model_path: Path, setup: PlainSetup, device: str) -> None:
+    """The child of PlainRounds: load once, then one measured round per order on stdin."""
+    model, predictors = load_predictors(model_path, setup, device)
+    try:
+        print(RESULT_MARK + json.dumps({"setup": setup.name}), flush=True)
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            order = json.loads(line)
+            paths = tuple(Path(p) for p in order["paths"])
+            images = ImageSet(order["label"], tuple(p.read_bytes() for p in paths), paths, ())
+            m = run_loop(model, predictors, images, setup, order["requests"], order["warmup"])
+            print(RESULT_MARK + json.dumps(_result(m)), flush=True)
+    finally:
+        for predictor in predictors:
+            predictor.close()
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--rounds"]:
+        rounds = argparse.ArgumentParser(description="one plain set-up, measured in rounds ordered on stdin")
+        for name in ("model_dir", "setup", "device"):
+            rounds.add_argument(name)
+        args = rounds.parse_args(argv[1:])
+        serve_rounds(Path(args.model_dir), PlainSetup.parse(args.setup), args.device)
+        return
     parser = argparse.ArgumentParser(description="one plain loop set-up; prints its numbers as JSON")
     for name in ("model_dir", "setup", "requests", "warmup", "device", "label"):
         parser.add_argument(name)
@@ -147,8 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     m = measure(Path(args.model_dir), images, PlainSetup.parse(args.setup), int(args.requests), int(args.warmup),
                 args.device)
     # Paddle's native code may print to stdout too; the numbers are the last line.
-    print("\n" + json.dumps({"ok": m.ok, "seconds": m.seconds, "latencies": list(m.latencies),
-                             "errors": dict(m.errors)}), flush=True)
+    print("\n" + json.dumps(_result(m)), flush=True)
 
 
 if __name__ == "__main__":

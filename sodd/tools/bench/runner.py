@@ -2,7 +2,10 @@
 
 Order: the plain loops and PaddleX's predict loop (each in its own process, one after another),
 then the servers: sodd (each variant) and PaddleX's serving, measured in turn at each image size
-and concurrency. Nothing is measured while another system works.
+and concurrency. Nothing is measured while another system works. With rounds, the comparisons
+that the targets make are interleaved instead: at one client sodd alternates with PaddleX's
+predict loop, at TARGET_CLIENTS with the plain loops (kept loaded in their own processes), so a
+drift of the machine's load hits both sides of each ratio.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from sodd.tools.bench import http_load, plain
 from sodd.tools.bench import paddlex_baselines as pdx
 from sodd.tools.bench.daemon import MODEL_NAME, BenchDaemon
 from sodd.tools.bench.images import ImageSet
-from sodd.tools.bench.plain import PlainSetup
+from sodd.tools.bench.plain import PlainRounds, PlainSetup
+from sodd.tools.bench.report import TARGET_CLIENTS
 from sodd.tools.bench.stats import Measurement
 
 
@@ -48,6 +52,7 @@ class Plan:
     timeout: float = 300.0
     # One client: sodd and PaddleX's predict in this many alternating rounds (requests split among
     # them), so the machine's load drifts hit both; 0 measures PaddleX's predict loop on its own first.
+    # At TARGET_CLIENTS the plain loops alternate with sodd in as many rounds.
     rounds: int = 0
 
 
@@ -57,6 +62,7 @@ class Outcome:
     skipped: dict[str, str] = field(default_factory=dict)  # system -> why it was not measured
     versions: dict[str, str] = field(default_factory=dict)
     interleaved: list[Interleaved] = field(default_factory=list)
+    throughput_rounds: list[ThroughputRounds] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,36 @@ class Interleaved:
         return float(statistics.median(self.ratios))
 
 
+# Requests per client in each throughput round at least: a round starts with no request in flight
+# and ends with the last ones finishing alone, and short rounds would mostly measure that.
+ROUND_REQUESTS_PER_CLIENT = 6
+
+
+@dataclass(frozen=True)
+class ThroughputRounds:
+    """Many clients of sodd and the plain loops in alternating rounds: each round's images/s."""
+
+    size: str
+    variant: str
+    clients: int
+    sodd: list[float]
+    plain: dict[str, list[float]]  # set-up -> images/s per round
+
+    @property
+    def best_plain(self) -> list[float]:
+        """Each round's best plain set-up."""
+        return [max(rates) for rates in zip(*self.plain.values(), strict=True)]
+
+    @property
+    def ratios(self) -> list[float]:
+        return [s / p for s, p in zip(self.sodd, self.best_plain, strict=True) if p > 0]
+
+    @property
+    def ratio(self) -> float:
+        """The median of the rounds' ratios."""
+        return float(statistics.median(self.ratios))
+
+
 def run(plan: Plan, progress: Callable[[Measurement], None] = lambda m: None) -> Outcome:
     model = read_model_dir(plan.model_dir)
     outcome = Outcome()
@@ -86,9 +122,11 @@ def run(plan: Plan, progress: Callable[[Measurement], None] = lambda m: None) ->
         outcome.measurements.append(m)
         progress(m)
 
-    for setup in plan.plain_setups:
-        for images in plan.image_sets:
-            record(plain.measure_in_child(plan.model_dir, images, setup, plan.requests, plan.warmup))
+    plain_interleaved = plan.rounds > 1 and bool(plan.plain_setups) and TARGET_CLIENTS in plan.concurrency
+    if not plain_interleaved:
+        for setup in plan.plain_setups:
+            for images in plan.image_sets:
+                record(plain.measure_in_child(plan.model_dir, images, setup, plan.requests, plan.warmup))
 
     python = pdx.find_python(str(plan.paddlex_python) if plan.paddlex_python else None)
     if python is None and (plan.paddlex_predict or plan.paddlex_serving):
@@ -125,10 +163,15 @@ def run(plan: Plan, progress: Callable[[Measurement], None] = lambda m: None) ->
             rounds = stack.enter_context(pdx.PredictRounds(python, model, plan.image_sets, plan.threads,
                                                            plan.workdir))
             outcome.versions.update(rounds.versions)
+        loops = [stack.enter_context(PlainRounds(plan.model_dir, setup, plan.image_sets, plan.workdir))
+                 for setup in plan.plain_setups] if plain_interleaved else []
         for index, images in enumerate(plan.image_sets):
             for c in plan.concurrency:
                 if c == 1 and rounds is not None:
                     _interleave(plan, index, images, sodd_servers, rounds, record, outcome)
+                    others = servers[len(sodd_servers):]
+                elif c == TARGET_CLIENTS and loops:
+                    _interleave_plain(plan, index, images, sodd_servers, loops, record, outcome)
                     others = servers[len(sodd_servers):]
                 else:
                     others = servers
@@ -167,11 +210,37 @@ def _interleave(plan: Plan, index: int, images: ImageSet, sodd_servers: list, ro
                        _summed([p["errors"] for p in paddlex_rounds])))
 
 
+def _interleave_plain(plan: Plan, index: int, images: ImageSet, sodd_servers: list, loops: list[PlainRounds],
+                      record: Callable[[Measurement], None], outcome: Outcome) -> None:
+    """At TARGET_CLIENTS clients, sodd (each variant) and each plain set-up take turns, `plan.rounds` rounds."""
+    clients = TARGET_CLIENTS
+    per_round = max(plan.requests // plan.rounds, ROUND_REQUESTS_PER_CLIENT * clients)
+    sodd_rounds: list[list[Measurement]] = [[] for _ in sodd_servers]
+    plain_rounds: list[list[Measurement]] = [[] for _ in loops]
+    settle = threading.Event()
+    for r in range(plan.rounds):
+        warmup = plan.warmup if r == 0 else 1
+        for i, measure in enumerate(sodd_servers):
+            settle.wait(SETTLE_SECONDS)
+            sodd_rounds[i].append(measure(images, clients, per_round, warmup))
+        for i, loop in enumerate(loops):
+            settle.wait(SETTLE_SECONDS)
+            plain_rounds[i].append(loop.measure(index, per_round, warmup))
+    for parts in plain_rounds:
+        record(_joined(parts))
+    plain_rates = {loop.setup.name: [m.throughput for m in parts] for loop, parts in zip(loops, plain_rounds,
+                                                                                       strict=True)}
+    for parts in sodd_rounds:
+        record(_joined(parts))
+        outcome.throughput_rounds.append(ThroughputRounds(images.label, parts[0].setup, clients,
+                                                          [m.throughput for m in parts], plain_rates))
+
+
 def _joined(parts: list[Measurement]) -> Measurement:
     first = parts[0]
     ok = sum(m.ok for m in parts)
     stages = {k: sum(m.stages.get(k, 0.0) * m.ok for m in parts) / ok for k in first.stages} if ok else {}
-    return Measurement(first.system, first.setup, first.size, 1, sum(m.requests for m in parts), ok,
+    return Measurement(first.system, first.setup, first.size, first.concurrency, sum(m.requests for m in parts), ok,
                        sum(m.seconds for m in parts), [x for m in parts for x in m.latencies],
                        _summed([m.errors for m in parts]), stages)
 
