@@ -11,8 +11,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sodd.tools.bench.stats import Measurement
+
+if TYPE_CHECKING:  # the runner imports this module
+    from sodd.tools.bench.runner import ThroughputRounds
 
 # The serving-engine targets (record what is reached, do not tune the benchmark to them).
 LATENCY_RATIO_MAX = 1.10  # sodd p50 at 1 client / plain loop's per-image time
@@ -53,7 +57,7 @@ def best_plain_throughput(ms: Sequence[Measurement], size: str) -> Measurement |
     return max((m for m in _find(ms, "plain", size) if m.ok), key=lambda m: m.throughput, default=None)
 
 
-def targets(ms: Sequence[Measurement], throughput_rounds: Sequence = ()) -> list[Target]:
+def targets(ms: Sequence[Measurement], throughput_rounds: Sequence[ThroughputRounds] = ()) -> list[Target]:
     """`throughput_rounds`: `sodd.tools.bench.runner.ThroughputRounds` rows; where one matches, the
     comparison with the plain loops is the median of its rounds, not of two separate measurements."""
     out: list[Target] = []
@@ -64,7 +68,7 @@ def targets(ms: Sequence[Measurement], throughput_rounds: Sequence = ()) -> list
     return out
 
 
-def _targets(ms: Sequence[Measurement], size: str, v: str, rounds: object | None = None) -> list[Target]:
+def _targets(ms: Sequence[Measurement], size: str, v: str, rounds: ThroughputRounds | None = None) -> list[Target]:
     one = next(iter(_find(ms, "sodd", size, 1, v)), None)
     plain_lat = best_plain_latency(ms, size)
     ratio = one.percentile(50) / plain_lat.percentile(50) if one and one.ok and plain_lat else None
