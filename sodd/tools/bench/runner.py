@@ -65,8 +65,24 @@ class Outcome:
     throughput_rounds: list[ThroughputRounds] = field(default_factory=list)
 
 
+class RoundRatios:
+    """sodd against a baseline in alternating rounds: one ratio per round, and their median."""
+
+    @property
+    def ratios(self) -> list[float]:
+        sodd, baseline = self._pairs()
+        return [s / b for s, b in zip(sodd, baseline, strict=True) if b > 0]
+
+    @property
+    def ratio(self) -> float:
+        return float(statistics.median(self.ratios))
+
+    def _pairs(self) -> tuple[list[float], list[float]]:
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
-class Interleaved:
+class Interleaved(RoundRatios):
     """One client, sodd and PaddleX's predict in alternating rounds: each round's p50, in seconds."""
 
     size: str
@@ -74,14 +90,8 @@ class Interleaved:
     sodd_p50: list[float]
     paddlex_p50: list[float]
 
-    @property
-    def ratios(self) -> list[float]:
-        return [s / p for s, p in zip(self.sodd_p50, self.paddlex_p50, strict=True) if p > 0]
-
-    @property
-    def ratio(self) -> float:
-        """The median of the rounds' ratios."""
-        return float(statistics.median(self.ratios))
+    def _pairs(self) -> tuple[list[float], list[float]]:
+        return self.sodd_p50, self.paddlex_p50
 
 
 # Requests per client in each throughput round at least: a round starts with no request in flight
@@ -90,7 +100,7 @@ ROUND_REQUESTS_PER_CLIENT = 6
 
 
 @dataclass(frozen=True)
-class ThroughputRounds:
+class ThroughputRounds(RoundRatios):
     """Many clients of sodd and the plain loops in alternating rounds: each round's images/s."""
 
     size: str
@@ -104,14 +114,8 @@ class ThroughputRounds:
         """Each round's best plain set-up."""
         return [max(rates) for rates in zip(*self.plain.values(), strict=True)]
 
-    @property
-    def ratios(self) -> list[float]:
-        return [s / p for s, p in zip(self.sodd, self.best_plain, strict=True) if p > 0]
-
-    @property
-    def ratio(self) -> float:
-        """The median of the rounds' ratios."""
-        return float(statistics.median(self.ratios))
+    def _pairs(self) -> tuple[list[float], list[float]]:
+        return self.sodd, self.best_plain
 
 
 def run(plan: Plan, progress: Callable[[Measurement], None] = lambda m: None) -> Outcome:
