@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
 import threading
 import time
@@ -83,16 +82,6 @@ def load_predictors(model_path: Path, setup: PlainSetup, device: str = "cpu") ->
         return model, [plugin.load(model, device, options) for _ in range(setup.predictors)]
 
 
-def measure(model_path: Path, images: ImageSet, setup: PlainSetup, requests: int, warmup: int,
-            device: str = "cpu") -> Measurement:
-    model, predictors = load_predictors(model_path, setup, device)
-    try:
-        return run_loop(model, predictors, images, setup, requests, warmup)
-    finally:
-        for predictor in predictors:
-            predictor.close()
-
-
 def run_loop(model: ModelDir, predictors: list[Predictor], images: ImageSet, setup: PlainSetup, requests: int,
              warmup: int) -> Measurement:
     """`requests` images through loaded predictors, one Python thread per predictor."""
@@ -133,27 +122,16 @@ def run_loop(model: ModelDir, predictors: list[Predictor], images: ImageSet, set
                        latencies, errors)
 
 
-def measure_in_child(model_path: Path, images: ImageSet, setup: PlainSetup, requests: int, warmup: int,
-                     device: str = "cpu", timeout: float = 3600.0) -> Measurement:
-    cmd = [sys.executable, "-m", "sodd.tools.bench.plain", str(model_path), setup.name, str(requests), str(warmup),
-           device, images.label, *map(str, images.paths)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0:
-        raise RuntimeError(f"plain loop {setup.name} failed ({result.returncode}): {result.stderr[-2000:]}")
-    data = json.loads(result.stdout.strip().splitlines()[-1])
-    return Measurement("plain", setup.name, images.label, setup.predictors, requests, data["ok"], data["seconds"],
-                       data["latencies"], data["errors"])
-
-
 class PlainRounds(RoundsChild):
-    """One plain set-up kept loaded in its own process, measuring one round when told, so its rounds
-    can alternate with sodd's (`python -m sodd.tools.bench.plain --rounds MODEL_DIR SETUP DEVICE`)."""
+    """One plain set-up kept loaded in its own process (`python -m sodd.tools.bench.plain MODEL_DIR
+    SETUP DEVICE`), measuring one round when told: a whole row, or one of the rounds that alternate
+    with sodd's."""
 
     def __init__(self, model_path: Path, setup: PlainSetup, image_sets: Sequence[ImageSet], workdir: Path,
                  device: str = "cpu") -> None:
-        super().__init__(f"plain loop {setup.name} rounds",
-                         [sys.executable, "-m", "sodd.tools.bench.plain", "--rounds", str(model_path), setup.name,
-                          device], workdir / f"plain-{setup.name}-rounds.log")
+        super().__init__(f"plain loop {setup.name}",
+                         [sys.executable, "-m", "sodd.tools.bench.plain", str(model_path), setup.name, device],
+                         workdir / f"plain-{setup.name}.log")
         self.setup = setup
         self._image_sets = list(image_sets)
 
@@ -163,10 +141,6 @@ class PlainRounds(RoundsChild):
                          "warmup": warmup})
         return Measurement("plain", self.setup.name, images.label, self.setup.predictors, requests, data["ok"],
                            data["seconds"], data["latencies"], data["errors"])
-
-
-def _result(m: Measurement) -> dict:
-    return {"ok": m.ok, "seconds": m.seconds, "latencies": list(m.latencies), "errors": dict(m.errors)}
 
 
 def serve_rounds(model_path: Path, setup: PlainSetup, device: str) -> None:
@@ -181,31 +155,19 @@ def serve_rounds(model_path: Path, setup: PlainSetup, device: str) -> None:
             paths = tuple(Path(p) for p in order["paths"])
             images = ImageSet(order["label"], tuple(p.read_bytes() for p in paths), paths, ())
             m = run_loop(model, predictors, images, setup, order["requests"], order["warmup"])
-            print(RESULT_MARK + json.dumps(_result(m)), flush=True)
+            print(RESULT_MARK + json.dumps({"ok": m.ok, "seconds": m.seconds, "latencies": list(m.latencies),
+                                            "errors": dict(m.errors)}), flush=True)
     finally:
         for predictor in predictors:
             predictor.close()
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--rounds"]:
-        rounds = argparse.ArgumentParser(description="one plain set-up, measured in rounds ordered on stdin")
-        for name in ("model_dir", "setup", "device"):
-            rounds.add_argument(name)
-        args = rounds.parse_args(argv[1:])
-        serve_rounds(Path(args.model_dir), PlainSetup.parse(args.setup), args.device)
-        return
-    parser = argparse.ArgumentParser(description="one plain loop set-up; prints its numbers as JSON")
-    for name in ("model_dir", "setup", "requests", "warmup", "device", "label"):
+    parser = argparse.ArgumentParser(description="one plain set-up, measured in rounds ordered on stdin")
+    for name in ("model_dir", "setup", "device"):
         parser.add_argument(name)
-    parser.add_argument("paths", nargs="+", type=Path)
     args = parser.parse_args(argv)
-    images = ImageSet(args.label, tuple(p.read_bytes() for p in args.paths), tuple(args.paths), ())
-    m = measure(Path(args.model_dir), images, PlainSetup.parse(args.setup), int(args.requests), int(args.warmup),
-                args.device)
-    # Paddle's native code may print to stdout too; the numbers are the last line.
-    print("\n" + json.dumps(_result(m)), flush=True)
+    serve_rounds(Path(args.model_dir), PlainSetup.parse(args.setup), args.device)
 
 
 if __name__ == "__main__":

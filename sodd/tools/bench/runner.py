@@ -22,7 +22,7 @@ from sodd_client.bench import run_load
 
 from sodd.model.modeldir import read_model_dir
 from sodd.plugins.devices import usable_cores
-from sodd.tools.bench import http_load, plain
+from sodd.tools.bench import http_load
 from sodd.tools.bench import paddlex_baselines as pdx
 from sodd.tools.bench.daemon import MODEL_NAME, BenchDaemon
 from sodd.tools.bench.images import ImageSet
@@ -129,8 +129,9 @@ def run(plan: Plan, progress: Callable[[Measurement], None] = lambda m: None) ->
     plain_interleaved = plan.rounds > 1 and bool(plan.plain_setups) and TARGET_CLIENTS in plan.concurrency
     if not plain_interleaved:
         for setup in plan.plain_setups:
-            for images in plan.image_sets:
-                record(plain.measure_in_child(plan.model_dir, images, setup, plan.requests, plan.warmup))
+            with PlainRounds(plan.model_dir, setup, plan.image_sets, plan.workdir) as loop:
+                for index in range(len(plan.image_sets)):
+                    record(loop.measure(index, plan.requests, plan.warmup))
 
     python = pdx.find_python(str(plan.paddlex_python) if plan.paddlex_python else None)
     if python is None and (plan.paddlex_predict or plan.paddlex_serving):
