@@ -15,7 +15,15 @@ import numpy as np
 import pytest
 
 from sodd.errors import FailedPrecondition
-from sodd.model.int8 import INT8_DEVICE, INT8_REPORT, INT8_XML, int8_candidates, program_fingerprint
+from sodd.model.int8 import (
+    COST_KEYS,
+    INT8_BF16_DEVICE,
+    INT8_DEVICE,
+    INT8_REPORT,
+    INT8_XML,
+    int8_candidates,
+    program_fingerprint,
+)
 from sodd.model.modeldir import read_model_dir
 from sodd.runtime.local import LocalDetector
 from tests.conftest import REPO
@@ -58,8 +66,13 @@ def test_quantize_writes_an_int8_model_with_its_measured_cost(quantized: Path,
     for key in ("map_fp32", "map_int8", "map50_fp32", "map50_int8"):
         assert 0 <= report[key] <= 100, report
     assert report["map_cost"] == pytest.approx(report["map_fp32"] - report["map_int8"], abs=0.011)
-    # High-performance mode considers INT8 only at a measured cost of at most one point.
-    assert int8_candidates(read_model_dir(quantized)) == ((INT8_DEVICE,) if report["map_cost"] <= 1.0 else ())
+    if bf16_here():  # the bf16 variant is measured where it can run
+        assert report["map_cost_bf16"] == pytest.approx(report["map_fp32"] - report["map_int8_bf16"], abs=0.011)
+    else:
+        assert report["map_cost_bf16"] is None
+    # High-performance mode considers each INT8 device only at a measured cost of at most one point.
+    costs = {device: report[key] for device, key in COST_KEYS.items() if report[key] is not None}
+    assert int8_candidates(read_model_dir(quantized)) == tuple(d for d, cost in costs.items() if cost <= 1.0)
     assert not (tiny_model_dirs["both"] / INT8_XML).exists(), "--output must leave the source alone"
 
 
@@ -95,6 +108,30 @@ def test_the_openvino_plugin_serves_the_int8_model(quantized: Path) -> None:
         assert ((boxes.boxes[:, 0] >= 0) & (boxes.boxes[:, 2] <= 200)).all()
     finally:
         detector.close()
+
+
+def bf16_here() -> bool:
+    from hw_plugins.openvino import import_openvino, native_bf16
+
+    return native_bf16(import_openvino())
+
+
+def test_int8_bf16_runs_the_unquantized_layers_in_bf16(quantized: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hw_plugins.openvino as plugin
+
+    model = read_model_dir(quantized)
+    if bf16_here():
+        predictor = plugin.OpenVinoPlugin().load(model, INT8_BF16_DEVICE, {"precision": "int8-bf16", "threads": "1"})
+        try:
+            hint = predictor._compiled.get_property("INFERENCE_PRECISION_HINT")
+            assert hint == plugin.import_openvino().Type.bf16
+            assert "INT8" in predictor.notes
+        finally:
+            predictor.close()
+    # Where the CPU has no bf16 instructions OpenVINO would quietly run f32: refused, with the way out.
+    monkeypatch.setattr(plugin, "native_bf16", lambda ov: False)
+    with pytest.raises(FailedPrecondition, match=r"no bf16 instructions.*precision=int8"):
+        plugin.OpenVinoPlugin().load(model, INT8_BF16_DEVICE, {"precision": "int8-bf16", "threads": "1"})
 
 
 def test_int8_without_an_artefact_says_how_to_make_one(tiny_model_dirs: dict[str, Path], tmp_path: Path) -> None:

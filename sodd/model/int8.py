@@ -16,6 +16,9 @@ INT8_XML = "inference.int8.xml"
 INT8_BIN = "inference.int8.bin"
 INT8_REPORT = "inference.int8.json"
 INT8_DEVICE = "openvino?precision=int8"
+INT8_BF16_DEVICE = "openvino?precision=int8-bf16"  # the same model, its unquantized layers in bf16
+# Where the report keeps each INT8 device's measured cost: they round differently, so each has its own.
+COST_KEYS = {INT8_DEVICE: "map_cost", INT8_BF16_DEVICE: "map_cost_bf16"}
 MAX_MAP_COST = 1.0  # mAP(0.5:0.95) points high-performance mode accepts for INT8
 
 def program_fingerprint(model: ModelDir) -> str:
@@ -38,18 +41,15 @@ def read_report(model_path: Path) -> dict | None:
         return None
 
 
-def int8_map_cost(model: ModelDir) -> float | None:
-    """The measured mAP cost of the directory's INT8 artefact, or None when there is no artefact, no
-    measured cost, or the artefact was made from another program."""
+def int8_map_costs(model: ModelDir) -> dict[str, float]:
+    """The measured mAP cost of each INT8 device on the directory's artefact; none when there is no
+    artefact or the artefact was made from another program."""
     report = read_report(model.path)
-    if not report or report.get("map_cost") is None:
-        return None
-    if report.get("source_fingerprint") != program_fingerprint(model):
-        return None
-    return float(report["map_cost"])
+    if not report or report.get("source_fingerprint") != program_fingerprint(model):
+        return {}
+    return {device: float(report[key]) for device, key in COST_KEYS.items() if report.get(key) is not None}
 
 
 def int8_candidates(model: ModelDir) -> tuple[str, ...]:
     """What high-performance mode adds to its candidates: INT8 only at a measured cost <= 1 point."""
-    cost = int8_map_cost(model)
-    return (INT8_DEVICE,) if cost is not None and cost <= MAX_MAP_COST else ()
+    return tuple(device for device, cost in int8_map_costs(model).items() if cost <= MAX_MAP_COST)

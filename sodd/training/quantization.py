@@ -66,6 +66,10 @@ class QuantizeReport:
     map50_fp32: float | None = None
     map50_int8: float | None = None
     map_cost: float | None = None  # map_fp32 - map_int8, points
+    # The same model with its unquantized layers in bf16 (int8-bf16), measured where the CPU has bf16.
+    map_int8_bf16: float | None = None
+    map50_int8_bf16: float | None = None
+    map_cost_bf16: float | None = None
     notes: list[str] = field(default_factory=list)
 
 
