@@ -21,6 +21,7 @@ from sodd.plugins.devices import DeviceSpec
 from sodd.runtime.high_performance import (
     BF16_TOLERANCE,
     CANDIDATES,
+    Timing,
     Tolerance,
     agreement,
     machine_candidates,
@@ -245,7 +246,8 @@ def test_selection_picks_the_fastest_backend_that_agrees_and_reports_the_table(s
         return fakes[label]
 
     # x86_64's candidates whatever the host: the fakes stand in for every backend.
-    selection = select_backend(read_model_dir(sod_model_dir), load_fake, name="m", rounds=4, candidates=CANDIDATES)
+    selection = select_backend(read_model_dir(sod_model_dir), load_fake, name="m", timing=Timing(rounds=4),
+                               candidates=CANDIDATES)
     assert selection.device_label == "openvino" and selection.predictor is fakes["openvino"]
     table = {m.device: m for m in selection.table}
     assert not table["cpu?precision=bf16"].qualified and table["openvino"].qualified
@@ -259,7 +261,7 @@ def test_selection_picks_the_fastest_backend_that_agrees_and_reports_the_table(s
 def test_selection_falls_back_to_paddle_fp32_when_nothing_else_agrees(sod_model_dir: Path) -> None:
     fakes = {"cpu": FakePredictor(0.005), "openvino": FakePredictor(0.001, shift=5.0)}
     selection = select_backend(read_model_dir(sod_model_dir), lambda spec: fakes[spec.name], name="m",
-                               candidates=("cpu", "openvino"), rounds=2)
+                               candidates=("cpu", "openvino"), timing=Timing(rounds=2))
     assert selection.device_label == "cpu" and fakes["openvino"].closed
 
 
@@ -282,6 +284,37 @@ def test_registry_serves_the_selected_backend_and_names_it(
         registry.close()
 
 
+def test_bench_turns_run_each_backend_back_to_back_after_an_idle_pause(
+        sod_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run by run, every backend after Paddle shares the cores with Paddle's spinning OpenMP threads;
+    in turns each backend runs as it serves: alone, its own threads awake."""
+    import sodd.runtime.high_performance as hp
+
+    log: list[str] = []
+
+    class Logged(FakePredictor):
+        def __init__(self, label: str) -> None:
+            super().__init__(0.0)
+            self.label = label
+
+        def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+            log.append(self.label)
+            return super().run(inputs)
+
+    fakes = {"cpu": Logged("cpu"), "openvino": Logged("ov")}
+    monkeypatch.setattr(hp, "_idle", lambda seconds: log.append(f"idle {seconds}"))
+    select_backend(read_model_dir(sod_model_dir), lambda spec: fakes[spec.name], name="m",
+                   candidates=("cpu", "openvino"), timing=Timing(rounds=5, turn=2, settle_s=0.25))
+    timed = log[2 * hp.WARMUP_IMAGES:]  # after each backend's outputs on the scenes
+    turn = ["idle 0.25", "cpu", "cpu", "cpu", "idle 0.25", "ov", "ov", "ov"]
+    assert timed == turn + turn + ["idle 0.25", "cpu", "cpu", "idle 0.25", "ov", "ov"]
+    # At load: one run each in turn, no pauses (what the daemon does before serving).
+    log.clear()
+    select_backend(read_model_dir(sod_model_dir), lambda spec: fakes[spec.name], name="m",
+                   candidates=("cpu", "openvino"), timing=Timing(rounds=2))
+    assert log[2 * hp.WARMUP_IMAGES:] == ["cpu", "ov", "cpu", "ov"]
+
+
 class EmptyPredictor(FakePredictor):
     """No boxes, after the same sleep: without it every backend timed alike and the winner was noise."""
 
@@ -295,7 +328,7 @@ def test_with_nothing_to_compare_only_full_precision_backends_qualify(sod_model_
              "openvino": EmptyPredictor(0.001)}
     selection = select_backend(
         read_model_dir(sod_model_dir), lambda spec: fakes[spec.name + ("?precision=bf16" if spec.options else "")],
-        name="m", candidates=("cpu", "cpu?precision=bf16", "openvino"), rounds=3)
+        name="m", candidates=("cpu", "cpu?precision=bf16", "openvino"), timing=Timing(rounds=3))
     table = {m.device: m for m in selection.table}
     assert not table["cpu?precision=bf16"].qualified and table["openvino"].qualified
     assert selection.device_label == "openvino"

@@ -110,6 +110,23 @@ def test_the_openvino_plugin_serves_the_int8_model(quantized: Path) -> None:
         detector.close()
 
 
+def test_bench_hp_times_the_int8_model_against_paddle(quantized: Path, tmp_path: Path) -> None:
+    out = tmp_path / "hp.json"
+    result = sodd("bench-hp", "--model", f"tiny={quantized}", "--runs", "3", "--turn", "2", "--settle", "0",
+                  "--threads", "1", "--candidates", f"cpu,{INT8_DEVICE}", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert (report["runs"], report["turn"], report["settle_s"]) == (3, 2, 0.0)
+    (model,) = report["models"]
+    rows = {r["backend"]: r for r in model["rows"]}
+    assert set(rows) == {"cpu", INT8_DEVICE} and all(r["median_ms"] > 0 for r in rows.values())
+    # INT8 is judged by its recorded mAP cost, not by the fp32 box tolerance.
+    assert rows[INT8_DEVICE]["qualified"] == (INT8_DEVICE in int8_candidates(read_model_dir(quantized)))
+    assert f"| {INT8_DEVICE} |" in result.stdout
+    refused = sodd("bench-hp", "--model", f"tiny={quantized}", "--turn", "0")
+    assert refused.returncode == 2 and "--turn must be positive" in refused.stderr
+
+
 def bf16_here() -> bool:
     from hw_plugins.openvino import import_openvino, native_bf16
 

@@ -1,13 +1,18 @@
 """`sodd bench-hp`: normal mode (Paddle Inference fp32 on the CPU) against high-performance mode.
 
     sodd bench-hp --model NAME=DIR [--model NAME=DIR ...] [--runs 20] [--threads 2]
-                  [--candidates cpu,openvino] [--json FILE]
+                  [--candidates cpu,openvino] [--turn 4] [--settle 0.25] [--json FILE]
 
-For each model, every candidate backend is loaded and timed the way high-performance mode does at
-load (sodd.runtime.high_performance: synthetic scenes at the model's input size, interleaved rounds, one
-image per run, model inference time only: the plugin's run including NMS, without decoding and
+For each model, every candidate backend is loaded, timed and chosen the way high-performance mode
+does at load (sodd.runtime.high_performance: synthetic scenes at the model's input size, one image
+per run, model inference time only: the plugin's run including NMS, without decoding and
 preprocessing), with `--runs` runs each; the boxes are checked against Paddle fp32. Prints one
 markdown table per model and the speed-up of the chosen backend over normal mode.
+
+The backends take turns of `--turn` back-to-back runs, each turn after `--settle` seconds idle and
+one untimed run: that is how a backend runs when it serves, alone. Run by run (`--turn 1 --settle
+0`, the order used at load) every backend after Paddle shares the cores with Paddle's OpenMP
+threads, which spin for 200 ms after each run, and reads slower than it serves.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads per backend (default: all cores)")
     p.add_argument("--candidates", default="", help="device strings separated by ',', e.g. cpu,openvino "
                                                     "(default: high-performance mode's candidates)")
+    p.add_argument("--turn", type=int, default=4, help="back-to-back timed runs per backend turn (default 4)")
+    p.add_argument("--settle", type=float, default=0.25, help="idle seconds before each turn (default 0.25)")
     p.add_argument("--cache-dir", type=Path, default=None, help="where converted graphs are kept")
     p.add_argument("--json", type=Path, default=None, help="write every number to this file")
     p.set_defaults(func=run)
@@ -37,14 +44,19 @@ def run(args: argparse.Namespace) -> int:
     from sodd.model.modeldir import read_model_dir
     from sodd.observability.quiet import native_stdout_filtered
     from sodd.plugins.protocol import discover_plugins
-    from sodd.runtime.high_performance import CANDIDATES, REFERENCE, Tolerance, select_backend
+    from sodd.runtime.high_performance import CANDIDATES, REFERENCE, Timing, Tolerance, select_backend
 
+    if args.runs < 1 or args.turn < 1 or args.settle < 0:
+        print("sodd bench-hp: --runs and --turn must be positive, --settle not negative", file=sys.stderr)
+        return 2
+    timing = Timing(rounds=args.runs, turn=args.turn, settle_s=args.settle)
     plugins, _ = discover_plugins()
     threads = str(args.threads or os.cpu_count() or 1)
     candidates = tuple(c for c in args.candidates.split(",") if c) or CANDIDATES
     if REFERENCE not in candidates:
         candidates = (REFERENCE, *candidates)
-    report = {"threads": int(threads), "runs": args.runs, "load_average_start": os.getloadavg(),
+    report = {"threads": int(threads), "runs": args.runs, "turn": args.turn, "settle_s": args.settle,
+              "load_average_start": os.getloadavg(),
               "tolerance": Tolerance().describe(), "models": []}
     for item in args.model:
         name, sep, path = item.partition("=")
@@ -62,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                 return plugin.load(model, spec.name, options)
 
         started = time.perf_counter()
-        selection = select_backend(model, load, name=name, candidates=candidates, rounds=args.runs)
+        selection = select_backend(model, load, name=name, candidates=candidates, timing=timing)
         selection.predictor.close()
         rows = []
         for m in selection.table:
