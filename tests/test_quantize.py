@@ -26,7 +26,8 @@ from sodd.model.int8 import (
 )
 from sodd.model.modeldir import read_model_dir
 from sodd.runtime.local import LocalDetector
-from tests.conftest import REPO
+from tests.conftest import REPO, start_daemon
+from tests.service_helpers import jpeg_bytes
 
 
 def sodd(*args: str) -> subprocess.CompletedProcess:
@@ -108,6 +109,26 @@ def test_the_openvino_plugin_serves_the_int8_model(quantized: Path) -> None:
         assert ((boxes.boxes[:, 0] >= 0) & (boxes.boxes[:, 2] <= 200)).all()
     finally:
         detector.close()
+
+
+def test_the_daemon_serves_int8_and_high_performance_mode_weighs_its_cost(quantized: Path, tmp_path: Path) -> None:
+    from sodd_client import Client
+
+    device = INT8_BF16_DEVICE if bf16_here() else INT8_DEVICE
+    daemon = start_daemon(["--model", f"q={quantized}", "--device", f"q={device}",
+                           "--model", f"hp={quantized}", "--hp", "hp"], tmp_path / "d.log", timeout=300)
+    try:
+        with Client(daemon.address, timeout=120) as client:
+            for name in ("q", "hp"):
+                response = client.detect(jpeg_bytes(320, 240, seed=3), name)
+                assert (response.image_width, response.image_height) == (320, 240)
+            assert client.get_model("q").device == device
+            # The tiny model's INT8 cost is under a point, so both INT8 devices were measured at load.
+            hp = client.get_model("hp")
+            assert hp.state_reason.startswith(f"high-performance: {hp.device} (")
+            assert INT8_DEVICE in hp.state_reason and (INT8_BF16_DEVICE in hp.state_reason) == bf16_here()
+    finally:
+        assert daemon.stop() == 0, daemon.log()[-3000:]
 
 
 def test_bench_hp_times_the_int8_model_against_paddle(quantized: Path, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from sodd.plugins.devices import DeviceSpec, parse_device, usable_cores
 from sodd.plugins.discovery import available_device, plugin_for
 from sodd.plugins.protocol import HardwarePlugin, Predictor
 from sodd.runtime.engine import ModelRunner
-from sodd.runtime.high_performance import select_backend
+from sodd.runtime.high_performance import device_label, select_backend
 from sodd.runtime.worker_threads import WorkerThreads
 
 # Load warnings keep the logger name operators filter on (docs/metrics.md).
@@ -164,7 +164,9 @@ class ModelLoader:
             except Exception:
                 predictor.close()
                 raise
-            return self._warm(config, version, model_dir, fingerprint, device.name, instances, failures)
+            # Named with its precision, as high-performance mode names its choice: int8 and f32 of
+            # the same model are different results, in responses and in metrics.
+            return self._warm(config, version, model_dir, fingerprint, device_label(device), instances, failures)
         raise FailedPrecondition(f"model {config.name} could not be loaded on any device: " + "; ".join(failures))
 
     def _load_on(self, model_dir: ModelDir, device: DeviceSpec, threads: int | None = None) -> Predictor:
