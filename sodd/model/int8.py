@@ -17,7 +17,7 @@ INT8_BIN = "inference.int8.bin"
 INT8_REPORT = "inference.int8.json"
 INT8_DEVICE = "openvino?precision=int8"
 INT8_BF16_DEVICE = "openvino?precision=int8-bf16"  # the same model, its unquantized layers in bf16
-# Where the report keeps each INT8 device's measured cost: they round differently, so each has its own.
+# Where the report keeps each INT8 device's measured cost: bf16 moves the boxes again, so each has its own.
 COST_KEYS = {INT8_DEVICE: "map_cost", INT8_BF16_DEVICE: "map_cost_bf16"}
 MAX_MAP_COST = 1.0  # mAP(0.5:0.95) points high-performance mode accepts for INT8
 

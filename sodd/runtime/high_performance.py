@@ -58,7 +58,7 @@ class Timing:
     At load (the default) every candidate runs once per round, `rounds` rounds: quick, and a load
     change hits all of them alike. But Paddle's OpenMP threads keep spinning for 200 ms after a run
     (KMP_BLOCKTIME), so in that order every other backend shares the cores with them and times
-    slower than it serves (PicoDet-XS INT8, 2 cores: 5.8 against 4.8 ms). The choice stays sound,
+    slower than it serves (PicoDet-XS, OpenVINO fp32, 2 cores: 8.2 against 6.6 ms). The choice stays sound,
     since only the reference gains; `sodd bench-hp`, which reports what each backend gives when it
     serves alone, runs turns of `turn` back-to-back runs, each after `settle_s` idle and one untimed
     run that wakes the backend's own threads.
