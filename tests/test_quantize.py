@@ -134,15 +134,19 @@ def test_the_daemon_serves_int8_and_high_performance_mode_weighs_its_cost(quanti
 def test_bench_hp_times_the_int8_model_against_paddle(quantized: Path, tmp_path: Path) -> None:
     out = tmp_path / "hp.json"
     result = sodd("bench-hp", "--model", f"tiny={quantized}", "--runs", "3", "--turn", "2", "--settle", "0",
-                  "--threads", "1", "--candidates", f"cpu,{INT8_DEVICE}", "--json", str(out))
+                  "--threads", "1", "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     assert (report["runs"], report["turn"], report["settle_s"]) == (3, 2, 0.0)
     (model,) = report["models"]
     rows = {r["backend"]: r for r in model["rows"]}
-    assert set(rows) == {"cpu", INT8_DEVICE} and all(r["median_ms"] > 0 for r in rows.values())
+    # Without --candidates, high-performance mode's own: the machine's backends and the INT8 devices
+    # whose measured cost is under a point (both, for the tiny model, where bf16 runs).
+    considered = int8_candidates(read_model_dir(quantized))
+    assert INT8_DEVICE in considered and set(rows) >= {"cpu", "openvino", *considered}
+    assert all(r["median_ms"] > 0 for r in rows.values() if not r["error"])
     # INT8 is judged by its recorded mAP cost, not by the fp32 box tolerance.
-    assert rows[INT8_DEVICE]["qualified"] == (INT8_DEVICE in int8_candidates(read_model_dir(quantized)))
+    assert all(rows[device]["qualified"] for device in considered)
     assert f"| {INT8_DEVICE} |" in result.stdout
     refused = sodd("bench-hp", "--model", f"tiny={quantized}", "--turn", "0")
     assert refused.returncode == 2 and "--turn must be positive" in refused.stderr

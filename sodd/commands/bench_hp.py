@@ -32,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", type=int, default=20, help="timed runs per backend (median reported; default 20)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per backend (default: all cores)")
     p.add_argument("--candidates", default="", help="device strings separated by ',', e.g. cpu,openvino "
-                                                    "(default: high-performance mode's candidates)")
+                                                    "(default: high-performance mode's, INT8 included where "
+                                                    "its measured cost allows)")
     p.add_argument("--turn", type=int, default=4, help="back-to-back timed runs per backend turn (default 4)")
     p.add_argument("--settle", type=float, default=0.25, help="idle seconds before each turn (default 0.25)")
     p.add_argument("--cache-dir", type=Path, default=None, help="where converted graphs are kept")
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from sodd.model.modeldir import read_model_dir
     from sodd.observability.quiet import native_stdout_filtered
     from sodd.plugins.protocol import discover_plugins
-    from sodd.runtime.high_performance import CANDIDATES, REFERENCE, Timing, Tolerance, select_backend
+    from sodd.runtime.high_performance import REFERENCE, Timing, Tolerance, select_backend
 
     if args.runs < 1 or args.turn < 1 or args.settle < 0:
         print("sodd bench-hp: --runs and --turn must be positive, --settle not negative", file=sys.stderr)
@@ -52,9 +53,9 @@ def run(args: argparse.Namespace) -> int:
     timing = Timing(rounds=args.runs, turn=args.turn, settle_s=args.settle)
     plugins, _ = discover_plugins()
     threads = str(args.threads or os.cpu_count() or 1)
-    candidates = tuple(c for c in args.candidates.split(",") if c) or CANDIDATES
-    if REFERENCE not in candidates:
-        candidates = (REFERENCE, *candidates)
+    chosen = tuple(c for c in args.candidates.split(",") if c)
+    if chosen and REFERENCE not in chosen:
+        chosen = (REFERENCE, *chosen)
     report = {"threads": int(threads), "runs": args.runs, "turn": args.turn, "settle_s": args.settle,
               "load_average_start": os.getloadavg(),
               "tolerance": Tolerance().describe(), "models": []}
@@ -74,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
                 return plugin.load(model, spec.name, options)
 
         started = time.perf_counter()
-        selection = select_backend(model, load, name=name, candidates=candidates, timing=timing)
+        # Without --candidates, the mode's own: this machine's backends and INT8 where its cost allows.
+        selection = select_backend(model, load, name=name, candidates=chosen or None, timing=timing)
         selection.predictor.close()
         rows = []
         for m in selection.table:
