@@ -172,8 +172,10 @@ def test_int8_bf16_runs_the_unquantized_layers_in_bf16(quantized: Path, monkeypa
             predictor.close()
     # Where the CPU has no bf16 instructions OpenVINO would quietly run f32: refused, with the way out.
     monkeypatch.setattr(plugin, "native_bf16", lambda ov: False)
-    with pytest.raises(FailedPrecondition, match=r"no bf16 instructions.*precision=int8"):
+    with pytest.raises(FailedPrecondition, match=r"no bf16 instructions.*precision=int8$"):
         plugin.OpenVinoPlugin().load(model, INT8_BF16_DEVICE, {"precision": "int8-bf16", "threads": "1"})
+    with pytest.raises(FailedPrecondition, match=r"no bf16 instructions.*precision=f32$"):
+        plugin.OpenVinoPlugin().load(model, "openvino?precision=bf16", {"precision": "bf16", "threads": "1"})
 
 
 def test_int8_without_an_artefact_says_how_to_make_one(tiny_model_dirs: dict[str, Path], tmp_path: Path) -> None:
