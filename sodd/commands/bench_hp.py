@@ -53,9 +53,9 @@ def run(args: argparse.Namespace) -> int:
     timing = Timing(rounds=args.runs, turn=args.turn, settle_s=args.settle)
     plugins, _ = discover_plugins()
     threads = str(args.threads or os.cpu_count() or 1)
-    chosen = tuple(c for c in args.candidates.split(",") if c)
-    if chosen and REFERENCE not in chosen:
-        chosen = (REFERENCE, *chosen)
+    requested = tuple(c for c in args.candidates.split(",") if c)
+    if requested and REFERENCE not in requested:
+        requested = (REFERENCE, *requested)
     report = {"threads": int(threads), "runs": args.runs, "turn": args.turn, "settle_s": args.settle,
               "load_average_start": os.getloadavg(),
               "tolerance": Tolerance().describe(), "models": []}
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
         started = time.perf_counter()
         # Without --candidates, the mode's own: this machine's backends and INT8 where its cost allows.
-        selection = select_backend(model, load, name=name, candidates=chosen or None, timing=timing)
+        selection = select_backend(model, load, name=name, candidates=requested or None, timing=timing)
         selection.predictor.close()
         rows = []
         for m in selection.table:
