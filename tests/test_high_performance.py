@@ -171,6 +171,21 @@ def test_sod_architecture_boxes_agree_with_paddle_fp32(
                   f"{backend} on the SOD architecture")
 
 
+@needs_onnx
+def test_openvino_outputs_outlive_the_next_run(sod_model_dir: Path, synthetic_bgr: list[np.ndarray],
+                                               onnx_cache: Path) -> None:
+    """OpenVINO reads inputs and writes outputs in its own buffers without copies; what a run
+    returns must still be copied out, since the next run of the same request overwrites them."""
+    predictor = load("openvino", sod_model_dir, onnx_cache)
+    model = read_model_dir(sod_model_dir)
+    first, second = (pipeline.network_inputs(pipeline.prepare_images(model, [image]), predictor.input_names)
+                     for image in synthetic_bgr)
+    outputs = predictor._run_graph(first)
+    kept = [o.copy() for o in outputs]
+    assert not all(np.array_equal(a, b) for a, b in zip(predictor._run_graph(second), kept, strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(outputs, kept, strict=True))
+
+
 @pytest.mark.parametrize("backend", ["cpu?precision=bf16", "openvino?precision=bf16"])
 def test_bf16_backends_agree_only_within_the_bf16_tolerance(
         backend: str, picodet_dir: Path, real_bgr: list[np.ndarray], onnx_cache: Path) -> None:
