@@ -155,9 +155,9 @@ def test_bench_hp_times_the_int8_model_against_paddle(quantized: Path, tmp_path:
 
 
 def bf16_here() -> bool:
-    from hw_plugins.openvino import import_openvino, native_bf16
+    from hw_plugins.openvino import native_bf16
 
-    return native_bf16(import_openvino())
+    return native_bf16()
 
 
 def test_int8_bf16_runs_the_unquantized_layers_in_bf16(quantized: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -173,7 +173,7 @@ def test_int8_bf16_runs_the_unquantized_layers_in_bf16(quantized: Path, monkeypa
         finally:
             predictor.close()
     # Where the CPU has no bf16 instructions OpenVINO would quietly run f32: refused, with the way out.
-    monkeypatch.setattr(plugin, "native_bf16", lambda ov: False)
+    monkeypatch.setattr(plugin, "native_bf16", lambda: False)
     with pytest.raises(FailedPrecondition, match=r"no bf16 instructions.*precision=int8$"):
         plugin.OpenVinoPlugin().load(model, INT8_BF16_DEVICE, {"precision": "int8-bf16", "threads": "1"})
     with pytest.raises(FailedPrecondition, match=r"no bf16 instructions.*precision=f32$"):

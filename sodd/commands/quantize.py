@@ -62,10 +62,10 @@ def run(args: argparse.Namespace) -> int:
 
 def int8_devices() -> tuple[str, ...]:
     """The INT8 devices whose cost is measured: int8-bf16 too where this CPU runs bf16 natively."""
-    from hw_plugins.openvino import import_openvino, native_bf16
+    from hw_plugins.openvino import native_bf16
     from sodd.model.int8 import INT8_BF16_DEVICE, INT8_DEVICE
 
-    return (INT8_DEVICE, INT8_BF16_DEVICE) if native_bf16(import_openvino()) else (INT8_DEVICE,)
+    return (INT8_DEVICE, INT8_BF16_DEVICE) if native_bf16() else (INT8_DEVICE,)
 
 
 def _quantize(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[int, Any]:
