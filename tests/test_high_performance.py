@@ -89,6 +89,89 @@ def test_numpy_nms_at_detector_scale_and_with_nothing_kept() -> None:
     assert rows.shape == (0, 6) and counts.tolist() == [0, 0]
 
 
+# -- OpenVINO's NonMaxSuppression op where it gives Paddle's rows ------------------------------------
+
+needs_openvino_nms = pytest.mark.skipif(
+    importlib.util.find_spec("openvino") is None or platform.machine() not in ("x86_64", "AMD64"),
+    reason="OpenVINO's NMS op stands in for the numpy NMS on x86-64 only")
+
+
+def openvino_nms(params: NmsParams):
+    from hw_plugins.openvino import import_openvino
+    from hw_plugins.openvino.nms import OpenVinoNms
+
+    return OpenVinoNms(import_openvino(), params, threads=2)
+
+
+@needs_openvino_nms
+def test_openvino_nms_op_gives_paddles_rows_or_declines() -> None:
+    """Random scenes (ties, touching boxes, IoU exactly at the threshold, small nms_top_k): the op's
+    result equals Paddle's multiclass_nms3 whenever it is used, and it declines (None) exactly where
+    a box has no positive width or height."""
+    from hw_plugins.openvino.nms import supports
+
+    rng = np.random.default_rng(2)
+    used = 0
+    for trial in range(240):
+        boxes, scores, params = random_case(rng, trial)
+        if trial % 2:  # mostly proper boxes, as detectors give
+            boxes[..., 2:] = np.maximum(boxes[..., 2:], boxes[..., :2] + np.float32(0.5))
+        params = NmsParams(params.score_threshold, params.nms_top_k, params.keep_top_k, params.nms_threshold)
+        assert supports(params)
+        got = openvino_nms(params).run(boxes, scores.copy())
+        proper = bool(np.all(boxes[..., 2:] > boxes[..., :2]))
+        assert (got is not None) == proper, trial
+        if got is not None:
+            used += 1
+            expected, expected_counts = paddle_nms(boxes, scores, params)
+            assert np.array_equal(got[1], expected_counts), (trial, params)
+            assert got[0].shape == expected.shape and np.array_equal(got[0], expected), (trial, params)
+    assert used >= 120
+    assert not supports(NmsParams(normalized=False)) and not supports(NmsParams(nms_eta=0.9))
+    assert not supports(NmsParams(background_label=0))
+
+
+@needs_openvino_nms
+def test_openvino_nms_op_keeps_a_box_whose_iou_is_exactly_the_threshold() -> None:
+    """Paddle suppresses above the threshold, the op from it on: at exactly 0.6 both boxes stay."""
+    boxes = np.array([[[0, 0, 10, 10], [0, 0, 10, 6], [0, 0, 10, 7]]], dtype=np.float32)  # IoU 0.6, 0.7
+    scores = np.array([[[0.9, 0.8, 0.7]]], dtype=np.float32)
+    params = NmsParams(nms_threshold=0.6)
+    expected, _ = paddle_nms(boxes, scores, params)
+    rows, counts = openvino_nms(params).run(boxes, scores)
+    assert counts.tolist() == [2] and np.array_equal(rows, expected)
+
+
+@needs_openvino_nms
+def test_openvino_nms_op_walks_every_candidate_when_the_best_boxes_overlap() -> None:
+    """The first try keeps only boxes scoring above the 8 x keep_top_k-th best; when those all
+    overlap, it keeps too few, and the answer needs the low-scoring boxes too."""
+    cluster = np.tile([[10, 10, 50, 50]], (40, 1)) + np.linspace(0, 1, 40)[:, None]
+    spread = np.array([[100 + 20 * i, 0, 110 + 20 * i, 10] for i in range(60)])
+    boxes = np.concatenate([cluster, spread])[None].astype(np.float32)
+    scores = np.concatenate([np.linspace(0.9, 0.5, 40), np.linspace(0.1, 0.05, 60)])[None, None].astype(np.float32)
+    params = NmsParams(keep_top_k=5)
+    expected, _ = paddle_nms(boxes, scores, params)
+    rows, counts = openvino_nms(params).run(boxes, scores)
+    assert counts.tolist() == [5] and np.array_equal(rows, expected)
+
+
+@needs_openvino_nms
+def test_openvino_nms_op_at_detector_scale_cuts_candidates_as_paddle_does() -> None:
+    """Thousands of candidates per class, so Paddle's nms_top_k cut (with ties on the cut) decides."""
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(0, 600, (2, 8400, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(4, 60, (2, 8400, 2))], -1).astype(np.float32)
+    scores = (rng.uniform(0, 1, (2, 10, 8400)) ** 4).astype(np.float32)
+    tied = np.round(scores, 2).astype(np.float32)
+    for params, s in ((NmsParams(), scores), (NmsParams(keep_top_k=100, nms_top_k=500), scores),
+                      (NmsParams(keep_top_k=-1, nms_top_k=300), scores), (NmsParams(keep_top_k=100), tied),
+                      (NmsParams(keep_top_k=300, nms_threshold=0.95), tied), (NmsParams(nms_top_k=0), scores)):
+        expected, expected_counts = paddle_nms(boxes, s, params)
+        rows, counts = openvino_nms(params).run(boxes, s.copy())
+        assert np.array_equal(counts, expected_counts) and np.array_equal(rows, expected), params
+
+
 # -- backends against Paddle Inference fp32 -----------------------------------------------------
 
 BACKENDS = {
@@ -184,6 +267,25 @@ def test_openvino_outputs_outlive_the_next_run(sod_model_dir: Path, synthetic_bg
     kept = [o.copy() for o in outputs]
     assert not all(np.array_equal(a, b) for a, b in zip(predictor._run_graph(second), kept, strict=True))
     assert all(np.array_equal(a, b) for a, b in zip(outputs, kept, strict=True))
+
+
+@needs_onnx
+@needs_openvino_nms
+def test_openvino_plugin_finishes_on_the_nms_op_with_the_numpy_rows(sod_model_dir: Path,
+                                                                    synthetic_bgr: list[np.ndarray],
+                                                                    onnx_cache: Path) -> None:
+    from hw_plugins.onnx_common import finish_outputs
+
+    predictor = load("openvino", sod_model_dir, onnx_cache)
+    assert "NMS on OpenVINO" in predictor.notes
+    model = read_model_dir(sod_model_dir)
+    for image in synthetic_bgr:
+        graph = predictor._run_graph(pipeline.network_inputs(pipeline.prepare_images(model, [image]),
+                                                             predictor.input_names))
+        assert predictor._fast_nms.run(*graph) is not None  # the op, not the numpy fallback
+        rows, counts = predictor._finish(graph)
+        expected_rows, expected_counts = finish_outputs(graph, predictor._nms)
+        assert np.array_equal(counts, expected_counts) and np.array_equal(rows, expected_rows)
 
 
 @pytest.mark.parametrize("backend", ["cpu?precision=bf16", "openvino?precision=bf16"])

@@ -197,6 +197,10 @@ class CutGraphPredictor:
             outputs = run_per_image(self._run_graph, feeds)
         else:
             outputs = self._run_graph(feeds)
+        return self._finish(outputs)
+
+    def _finish(self, outputs: list[np.ndarray]) -> list[np.ndarray]:
+        """The contract's outputs from the graph's; a backend may apply the same NMS its own way."""
         return finish_outputs(outputs, self._nms)
 
 
