@@ -103,6 +103,14 @@ def openvino_nms(params: NmsParams):
     return OpenVinoNms(import_openvino(), params, threads=2)
 
 
+def assert_openvino_nms_gives_paddles_rows(boxes: np.ndarray, scores: np.ndarray, params: NmsParams) -> list[int]:
+    """The op's rows and counts equal Paddle's multiclass_nms3; the counts, for more checks."""
+    expected, expected_counts = paddle_nms(boxes, scores, params)
+    rows, counts = openvino_nms(params).run(boxes, scores)
+    assert np.array_equal(counts, expected_counts) and np.array_equal(rows, expected), params
+    return counts.tolist()
+
+
 @needs_openvino_nms
 def test_openvino_nms_op_gives_paddles_rows_or_declines() -> None:
     """Random scenes (ties, touching boxes, IoU exactly at the threshold, small nms_top_k): the op's
@@ -136,10 +144,7 @@ def test_openvino_nms_op_keeps_a_box_whose_iou_is_exactly_the_threshold() -> Non
     """Paddle suppresses above the threshold, the op from it on: at exactly 0.6 both boxes stay."""
     boxes = np.array([[[0, 0, 10, 10], [0, 0, 10, 6], [0, 0, 10, 7]]], dtype=np.float32)  # IoU 0.6, 0.7
     scores = np.array([[[0.9, 0.8, 0.7]]], dtype=np.float32)
-    params = NmsParams(nms_threshold=0.6)
-    expected, _ = paddle_nms(boxes, scores, params)
-    rows, counts = openvino_nms(params).run(boxes, scores)
-    assert counts.tolist() == [2] and np.array_equal(rows, expected)
+    assert assert_openvino_nms_gives_paddles_rows(boxes, scores, NmsParams(nms_threshold=0.6)) == [2]
 
 
 @needs_openvino_nms
@@ -150,10 +155,7 @@ def test_openvino_nms_op_walks_every_candidate_when_the_best_boxes_overlap() -> 
     spread = np.array([[100 + 20 * i, 0, 110 + 20 * i, 10] for i in range(60)])
     boxes = np.concatenate([cluster, spread])[None].astype(np.float32)
     scores = np.concatenate([np.linspace(0.9, 0.5, 40), np.linspace(0.1, 0.05, 60)])[None, None].astype(np.float32)
-    params = NmsParams(keep_top_k=5)
-    expected, _ = paddle_nms(boxes, scores, params)
-    rows, counts = openvino_nms(params).run(boxes, scores)
-    assert counts.tolist() == [5] and np.array_equal(rows, expected)
+    assert assert_openvino_nms_gives_paddles_rows(boxes, scores, NmsParams(keep_top_k=5)) == [5]
 
 
 @needs_openvino_nms
@@ -167,9 +169,7 @@ def test_openvino_nms_op_at_detector_scale_cuts_candidates_as_paddle_does() -> N
     for params, s in ((NmsParams(), scores), (NmsParams(keep_top_k=100, nms_top_k=500), scores),
                       (NmsParams(keep_top_k=-1, nms_top_k=300), scores), (NmsParams(keep_top_k=100), tied),
                       (NmsParams(keep_top_k=300, nms_threshold=0.95), tied), (NmsParams(nms_top_k=0), scores)):
-        expected, expected_counts = paddle_nms(boxes, s, params)
-        rows, counts = openvino_nms(params).run(boxes, s.copy())
-        assert np.array_equal(counts, expected_counts) and np.array_equal(rows, expected), params
+        assert_openvino_nms_gives_paddles_rows(boxes, s, params)
 
 
 # -- backends against Paddle Inference fp32 -----------------------------------------------------
