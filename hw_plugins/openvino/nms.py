@@ -114,8 +114,8 @@ class OpenVinoNms:
         return twin
 
     def _select(self, boxes: np.ndarray, scores: np.ndarray, threshold: np.float32) -> np.ndarray | None:
-        """The op's [image, class, box] rows above `threshold`, each class's candidates first cut to
-        its best nms_top_k; None unless every box is proper."""
+        """The op's [image, class, box] rows for candidates above `threshold` (the caller has cut
+        each class to its best nms_top_k); None unless every box is proper."""
         result = self._request.infer([boxes, scores, np.array(threshold, dtype=np.float32)], share_inputs=True)
         selected, proper = (result[out] for out in self._compiled.outputs)
         return selected if bool(proper) else None
@@ -149,7 +149,7 @@ class OpenVinoNms:
         image, cls, idx = selected[:, 0], selected[:, 1], selected[:, 2]
         per_image: list[np.ndarray] = []
         for b in range(boxes.shape[0]):
-            c, i = (cls, idx) if boxes.shape[0] == 1 else (cls[image == b], idx[image == b])
+            c, i = cls[image == b], idx[image == b]
             score = scores[b, c, i]
             if -1 < keep < c.size:
                 # The best keep_top_k by score; ties go to the lower class, then NMS order (stable).
